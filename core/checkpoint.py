@@ -1,0 +1,217 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, atomic on disk. No pickle.
+
+Layout of one checkpoint (DESIGN.md):
+    <run>/ckpt/step-000500/model.safetensors      weights (tied head stored once)
+                          optimizer.safetensors  AdamW moments (optional)
+                          state.json             model config, step, RNG, loader state, ...
+    <run>/ckpt/latest                            name of the newest complete checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from core.config import ModelConfig
+from core.model import GPT, clean_state_dict, load_clean_state_dict, unwrap_model
+
+MODEL_FILE = "model.safetensors"
+OPTIM_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt or does not fit; the message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: dict[str, Any]  # contents of state.json
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.state["model_config"])
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small file so a reader sees the old or the new contents, never a torn one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, scalars = {}, {}
+    for pid, pstate in sd["state"].items():
+        for name, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(meta.get("scalars", {}).items()):
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    keep_last: int = 3,
+) -> Path:
+    """Write ckpt/step-NNNNNN atomically, point ckpt/latest at it and prune old checkpoints.
+
+    state must be JSON-serializable; the model config is added to it. A process killed at any
+    point leaves the previous checkpoint and ckpt/latest intact.
+    """
+    ckpt_root = Path(run_dir) / "ckpt"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
+    final = ckpt_root / name
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}.tmp-"))
+    try:
+        state = {**state, "step": step, "model_config": unwrap_model(model).config.to_dict()}
+        save_file(clean_state_dict(model), tmp / MODEL_FILE)
+        if optimizer is not None:
+            tensors, meta = _flatten_optimizer(optimizer.state_dict())
+            save_file(tensors, tmp / OPTIM_FILE)
+            state["optimizer"] = meta
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        for f in tmp.iterdir():
+            _fsync_path(f)
+        _fsync_path(tmp)
+        if final.exists():  # re-saving the same step (e.g. stop right after a periodic save)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_path(ckpt_root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(ckpt_root / "latest", name + "\n")
+    prune_checkpoints(ckpt_root, keep_last)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders of killed writes excluded)."""
+    root = Path(run_dir) / "ckpt"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file())
+
+
+def read_state(ckpt_dir: str | Path) -> dict[str, Any]:
+    path = Path(ckpt_dir) / STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint file missing: {path}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint file {path} is corrupt ({e}); use an older checkpoint") from e
+
+
+def prune_checkpoints(ckpt_root: Path, keep_last: int) -> None:
+    """Keep the newest keep_last checkpoints plus the one with the best val loss."""
+    ckpts = list_checkpoints(ckpt_root.parent)
+    keep = set(ckpts[-keep_last:])
+    scored = [(s["val_loss"], p) for p in ckpts if (s := _try_state(p)) and s.get("val_loss") is not None]
+    if scored:
+        keep.add(min(scored)[1])
+    for p in ckpts:
+        if p not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in ckpt_root.glob(".step-*.tmp-*"):  # leftovers of killed writes
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _try_state(p: Path) -> dict[str, Any] | None:
+    try:
+        return read_state(p)
+    except CheckpointError:
+        return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a run folder (its latest), a ckpt/ folder or a checkpoint folder."""
+    p = Path(path)
+    if (p / STATE_FILE).is_file():
+        return p
+    root = p / "ckpt" if (p / "ckpt").is_dir() else p
+    latest = root / "latest"
+    if latest.is_file():
+        candidate = root / latest.read_text().strip()
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    found = list_checkpoints(root.parent)
+    if found:
+        return found[-1]
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    raise CheckpointError(f"no checkpoint in {p} yet; train for at least one checkpoint interval first")
+
+
+def load_checkpoint(path: str | Path, with_optimizer: bool = True) -> Checkpoint:
+    ckpt = resolve_checkpoint(path)
+    state = read_state(ckpt)
+    if "model_config" not in state:
+        raise CheckpointError(f"{ckpt / STATE_FILE} has no model_config; it is not a checkpoint of this project")
+
+    def _load(file: Path) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(file)
+        except FileNotFoundError as e:
+            raise CheckpointError(f"checkpoint file missing: {file}") from e
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(
+                f"checkpoint file {file} is corrupt or truncated ({e}); use an older checkpoint"
+            ) from e
+
+    model_state = _load(ckpt / MODEL_FILE)
+    optim = None
+    if with_optimizer and (ckpt / OPTIM_FILE).is_file() and "optimizer" in state:
+        optim = _unflatten_optimizer(_load(ckpt / OPTIM_FILE), state["optimizer"])
+    return Checkpoint(ckpt, state, model_state, optim)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Checkpoint]:
+    """A GPT in eval mode with the weights of a checkpoint (or a run's latest checkpoint)."""
+    ck = load_checkpoint(path, with_optimizer=False)
+    model = GPT(ck.model_config)
+    try:
+        load_clean_state_dict(model, ck.model_state)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"weights in {ck.path / MODEL_FILE} do not match the config in {ck.path / STATE_FILE}: {e}"
+        ) from e
+    return model.to(device).eval(), ck

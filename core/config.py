@@ -1,0 +1,229 @@
+"""Model presets and the training config: one dataclass flows UI -> JSON -> trainer -> checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GPT2_VOCAB_SIZE = 50257
+EOT_TOKEN = 50256
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message names the field and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    block_size: int = 1024  # context window
+    vocab_size: int = GPT2_VOCAB_SIZE
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    # Pad the embedding table to a multiple of 64 (50304): faster matmuls; padded rows are never
+    # sampled (logits are cut back to vocab_size) and never exported.
+    pad_vocab: bool = False
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return math.ceil(self.vocab_size / 64) * 64 if self.pad_vocab else self.vocab_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def validate(self) -> ModelConfig:
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"pick n_head from {[h for h in range(1, 33) if self.n_embd % h == 0]}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known}).validate()
+
+
+# GPT-2 family (Radford et al. 2019) plus small presets that train on a laptop CPU in minutes.
+PRESETS: dict[str, dict[str, int]] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
+    "micro": dict(n_layer=2, n_head=2, n_embd=32, block_size=32),  # for tests
+}
+
+
+def model_config(preset: str = "gpt2", **overrides: Any) -> ModelConfig:
+    """The ModelConfig of a preset, with any non-None overrides applied and validated."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values: dict[str, Any] = dict(PRESETS[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelConfig(**values).validate()
+
+
+@dataclass
+class TrainConfig:
+    # run
+    run_name: str = ""  # empty: a name is made from the preset and time
+    runs_dir: str = "checkpoints"
+    # model: a preset, optionally overridden
+    preset: str = "tiny"
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    block_size: int | None = None
+    dropout: float = 0.0
+    pad_vocab: bool = True
+    # data: "shakespeare", a local file/folder, or "hf:<dataset>" (see core.data)
+    data: str = "shakespeare"
+    data_config: str | None = None  # Hugging Face dataset config, e.g. sample-10BT
+    val_data: str | None = None  # a separate validation source; otherwise val_fraction of data
+    val_fraction: float = 0.1
+    data_token_budget: int | None = None  # cap on tokens taken from a streamed dataset
+    data_cache: str = "data/cache"
+    # batch
+    batch_size: int = 16  # micro-batch per process
+    seq_len: int | None = None  # defaults to the model's block_size
+    total_batch_tokens: int | None = None  # defaults to one micro-batch on every process
+    # length
+    max_steps: int = 1000
+    max_tokens: int | None = None  # a token budget; overrides max_steps when set
+    # optimizer and schedule
+    lr: float = 1e-3
+    min_lr: float | None = None  # defaults to lr / 10
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    # evaluation, checkpoints, samples
+    eval_interval: int = 100
+    eval_batches: int = 20
+    ckpt_interval: int = 500
+    keep_last: int = 3
+    sample_interval: int = 0  # 0: never
+    sample_tokens: int = 64
+    log_interval: int = 1
+    # system
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool = False
+    init_from: str = "scratch"  # scratch | a checkpoint/run path | a GPT-2 HF folder or hub id
+    nproc: int = 1  # processes to launch (DDP through torchrun when > 1)
+    parallel: str = "ddp"  # ddp | fsdp
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self) -> ModelConfig:
+        return model_config(
+            self.preset,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            block_size=self.block_size,
+            dropout=self.dropout,
+            pad_vocab=self.pad_vocab,
+        )
+
+    @property
+    def effective_seq_len(self) -> int:
+        return self.seq_len or self.model_config().block_size
+
+    @property
+    def effective_min_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    def tokens_per_micro_step(self, world_size: int) -> int:
+        return self.batch_size * self.effective_seq_len * world_size
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Micro-steps per optimizer step; raises ConfigError if the batch does not divide."""
+        per = self.tokens_per_micro_step(world_size)
+        total = self.total_batch_tokens or per
+        if total % per:
+            raise ConfigError(
+                f"total_batch_tokens ({total}) must be a multiple of batch_size x seq_len x processes "
+                f"= {self.batch_size} x {self.effective_seq_len} x {world_size} = {per}; "
+                f"try {max(per, round(total / per) * per)}"
+            )
+        return total // per
+
+    def total_steps(self, world_size: int) -> int:
+        if self.max_tokens:
+            step_tokens = self.total_batch_tokens or self.tokens_per_micro_step(world_size)
+            return max(1, math.ceil(self.max_tokens / step_tokens))
+        return self.max_steps
+
+    def validate(self, world_size: int | None = None) -> TrainConfig:
+        mc = self.model_config()
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.max_steps >= 1 or bool(self.max_tokens), "max_steps must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.effective_min_lr <= self.lr, "min_lr must be between 0 and lr"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must be in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)"),
+            (self.eval_interval >= 0 and self.ckpt_interval >= 0, "intervals must be >= 0"),
+            (self.eval_batches >= 1, "eval_batches must be >= 1"),
+            (self.keep_last >= 1, "keep_last must be >= 1"),
+            (0 < self.val_fraction < 1 or self.val_data is not None, "val_fraction must be in (0, 1)"),
+            (self.device in ("auto", "cpu", "cuda", "mps"), "device must be auto, cpu, cuda or mps"),
+            (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16"),
+            (self.nproc >= 1, "nproc must be >= 1"),
+            (self.parallel in ("ddp", "fsdp"), "parallel must be ddp or fsdp"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.seq_len is not None and not 1 <= self.seq_len <= mc.block_size:
+            raise ConfigError(
+                f"seq_len ({self.seq_len}) must be between 1 and the model's block_size ({mc.block_size})"
+            )
+        self.grad_accum_steps(world_size or self.nproc)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            return cls.from_dict(json.loads(p.read_text()))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid JSON: {e}") from e

@@ -1,0 +1,71 @@
+"""metrics.jsonl: one JSON object per line, append-only, readable while it is being written.
+
+Records (DESIGN.md): {"kind": "train", "step", "tokens", "loss", "lr", "grad_norm", "dt", "tok_per_s",
+"mfu", ...} / {"kind": "eval", "step", "val_loss"} / {"kind": "sample", "step", "text"} /
+{"kind": "status", "state", "message"}. Every record also carries "time" (unix seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _jsonable(v: Any) -> Any:
+    # JSON has no NaN/inf; a diverged loss is written as null and flagged by a status record.
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class MetricsWriter:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for appends)
+
+    def write(self, kind: str, **fields: Any) -> None:
+        record = {"kind": kind, "time": round(time.time(), 3), **{k: _jsonable(v) for k, v in fields.items()}}
+        # One write call per line so a reader never sees two records interleaved.
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+
+
+class MetricsReader:
+    """Reads only what was appended since the last call; a partial last line waits for the next."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.offset = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                if f.seek(0, os.SEEK_END) < self.offset:  # file was replaced: start over
+                    self.offset = 0
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        records = []
+        for line in chunk[:end].splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a corrupt line (e.g. a crash mid-write before a restart) is skipped
+        return records
+
+
+def read_all(path: str | Path) -> list[dict[str, Any]]:
+    return MetricsReader(path).read_new()
