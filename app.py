@@ -1,12 +1,64 @@
-"""Entry point placeholder; replaced by the playground UI."""
+"""GPT-2 Playground: `python app.py` serves the UI on http://127.0.0.1:7860 (see --help)."""
 
+from __future__ import annotations
+
+import argparse
 import os
+import sys
 
+# Gradio phones home unless told not to; the app must start offline.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import gradio as gr  # noqa: E402
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Train, watch, probe and sample GPT-2 in the browser.")
+    ap.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    ap.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    ap.add_argument("--runs-dir", default="checkpoints", help="folder of training runs (default checkpoints)")
+    ap.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    ap.add_argument("--auth", metavar="USER:PASS", help="require this login (recommended with --host/--share)")
+    args = ap.parse_args(argv)
+    if args.auth is not None and (":" not in args.auth or not all(args.auth.split(":", 1))):
+        ap.error("--auth must look like user:password")
+    return args
+
+
+def exposure_warning(args: argparse.Namespace) -> str | None:
+    """A loud warning when the app is reachable beyond this machine without a login."""
+    exposed = args.share or args.host not in ("127.0.0.1", "localhost", "::1")
+    if not exposed or args.auth:
+        return None
+    bar = "!" * 78
+    where = "a public share link" if args.share else args.host
+    return (
+        f"{bar}\nWARNING: serving on {where} without --auth.\n"
+        "Anyone who can reach it can start jobs on this machine and delete runs.\n"
+        f"Add --auth user:password.\n{bar}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    warning = exposure_warning(args)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    from playground.app import build_ui
+    from playground.theme import CSS, THEME
+
+    demo = build_ui(args.runs_dir)
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    print(f"GPT-2 Playground: runs folder {os.path.abspath(args.runs_dir)}", flush=True)
+    demo.queue(default_concurrency_limit=4).launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        auth=auth,
+        theme=THEME,
+        css=CSS,
+        footer_links=["api", "settings"],
+        show_error=False,
+    )
+
 
 if __name__ == "__main__":
-    with gr.Blocks(title="GPT-2 Playground") as demo:
-        gr.Markdown("# GPT-2 Playground")
-    demo.launch(server_name="127.0.0.1", server_port=7860)
+    main()

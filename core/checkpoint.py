@@ -9,14 +9,17 @@ Layout of one checkpoint (DESIGN.md):
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import random
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -112,7 +115,7 @@ def save_checkpoint(
             _fsync_path(f)
         _fsync_path(tmp)
         if final.exists():  # re-saving the same step (e.g. stop right after a periodic save)
-            shutil.rmtree(final)
+            _discard(final)
         os.rename(tmp, final)
         _fsync_path(ckpt_root)
     except BaseException:
@@ -150,9 +153,16 @@ def prune_checkpoints(ckpt_root: Path, keep_last: int) -> None:
         keep.add(min(scored)[1])
     for p in ckpts:
         if p not in keep:
-            shutil.rmtree(p, ignore_errors=True)
+            _discard(p)
     for p in ckpt_root.glob(".step-*.tmp-*"):  # leftovers of killed writes
         shutil.rmtree(p, ignore_errors=True)
+
+
+def _discard(p: Path) -> None:
+    """Delete a checkpoint so it is never seen half-deleted: rename it out of sight first (atomic)."""
+    trash = p.parent / f".{p.name}.tmp-del{os.getpid()}"
+    os.rename(p, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _try_state(p: Path) -> dict[str, Any] | None:
@@ -215,3 +225,40 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
             f"weights in {ck.path / MODEL_FILE} do not match the config in {ck.path / STATE_FILE}: {e}"
         ) from e
     return model.to(device).eval(), ck
+
+
+# --- RNG states as JSON (exact resume without pickle) ---------------------------------------------
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """torch CPU/CUDA, numpy and python RNG states as JSON-able values."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": _b64(torch.get_rng_state()),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_version, list(py_internal), py_gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of capture_rng_state (CUDA states only where the same GPUs are present)."""
+    torch.set_rng_state(_unb64(state["torch"]))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, py_gauss = state["python"]
+    random.setstate((version, tuple(internal), py_gauss))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in cuda])

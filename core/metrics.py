@@ -62,7 +62,7 @@ class MetricsReader:
         for line in chunk[:end].splitlines():
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError:
+            except ValueError:  # JSONDecodeError, or UnicodeDecodeError for non-UTF-8 bytes
                 continue  # a corrupt line (e.g. a crash mid-write before a restart) is skipped
         return records
 

@@ -1,0 +1,311 @@
+"""Import and export GPT-2 in Hugging Face format (config.json + model.safetensors).
+
+HF's GPT-2 stores its projections as Conv1D with weights of shape (in, out); ours are nn.Linear
+(out, in), so those four matrices are transposed both ways. Nothing here loads pickle: .bin files
+go through torch.load(weights_only=True), which only rebuilds tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from core.config import GPT2_VOCAB_SIZE, EOT_TOKEN, PRESETS, ModelConfig, TrainConfig
+from core.model import GPT, clean_state_dict, load_clean_state_dict, unwrap_model
+
+CONV1D_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older transformers versions
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class HFError(RuntimeError):
+    """A Hugging Face folder or hub id that cannot be used; the message names the problem and the fix."""
+
+
+# --- reading ------------------------------------------------------------------------------------
+def is_hf_folder(path: str | Path) -> bool:
+    """True for a folder holding a Hugging Face GPT-2 (config.json with model_type gpt2 + weights)."""
+    p = Path(path)
+    try:
+        cfg = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("model_type") == "gpt2" and _weight_files(p) is not None
+
+
+def _weight_files(folder: Path) -> list[Path] | None:
+    for single, index in (("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", None)):
+        if (folder / single).is_file():
+            return [folder / single]
+        if index and (folder / index).is_file():
+            try:
+                shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError) as e:
+                raise HFError(f"{folder / index} is not a valid shard index ({e})") from e
+            return [folder / s for s in shards]
+    return None
+
+
+def hf_model_config(hf: dict[str, Any]) -> ModelConfig:
+    """Our ModelConfig for a Hugging Face GPT-2 config.json; refuses variants this model cannot run."""
+    if hf.get("model_type") != "gpt2":
+        raise HFError(f"config.json has model_type {hf.get('model_type')!r}; only GPT-2 ('gpt2') can be imported")
+    act = hf.get("activation_function", "gelu_new")
+    n_embd = int(hf.get("n_embd", 768))
+    checks = [
+        (act in GELU_TANH, f"activation_function {act!r} is not GPT-2's tanh GELU (gelu_new)"),
+        (hf.get("n_inner") in (None, 4 * n_embd), f"n_inner {hf.get('n_inner')} is not 4 * n_embd"),
+        (abs(float(hf.get("layer_norm_epsilon", 1e-5)) - 1e-5) < 1e-12, "layer_norm_epsilon is not 1e-5"),
+        (hf.get("scale_attn_weights", True), "scale_attn_weights is false"),
+        (not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx is true"),
+        (
+            int(hf.get("vocab_size", GPT2_VOCAB_SIZE)) == GPT2_VOCAB_SIZE,
+            f"vocab_size {hf.get('vocab_size')} is not GPT-2's {GPT2_VOCAB_SIZE} (this project uses the GPT-2 tokenizer)",
+        ),
+    ]
+    for ok, problem in checks:
+        if not ok:
+            raise HFError(f"unsupported GPT-2 variant: {problem}")
+    return ModelConfig(
+        block_size=int(hf.get("n_positions", hf.get("n_ctx", 1024))),
+        vocab_size=GPT2_VOCAB_SIZE,
+        n_layer=int(hf.get("n_layer", 12)),
+        n_head=int(hf.get("n_head", 12)),
+        n_embd=n_embd,
+        dropout=0.0,
+        bias=True,
+        pad_vocab=False,
+    ).validate()
+
+
+def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                sd.update(load_file(f))
+            else:
+                sd.update(torch.load(f, map_location="cpu", weights_only=True))
+        except FileNotFoundError as e:
+            raise HFError(f"weights file missing: {f}") from e
+        except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as e:
+            raise HFError(f"weights file {f} is corrupt, truncated or not plain tensors ({e})") from e
+    return sd
+
+
+def hf_to_state_dict(hf_sd: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Rename and transpose a Hugging Face GPT-2 state dict into our clean_state_dict layout."""
+    out: dict[str, torch.Tensor] = {}
+    head = None
+    for key, value in hf_sd.items():
+        if key.endswith(IGNORED_SUFFIXES):
+            continue
+        if key == "lm_head.weight":
+            head = value
+            continue
+        name = key if key.startswith("transformer.") else "transformer." + key  # GPT2Model saves unprefixed
+        out[name] = value.t().contiguous() if name.endswith(CONV1D_SUFFIXES) else value
+    wte = out.get("transformer.wte.weight")
+    if head is not None and wte is not None and not torch.equal(head, wte):
+        raise HFError("lm_head.weight differs from transformer.wte.weight; only GPT-2 with a tied head is supported")
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        expected = clean_state_dict(GPT(config))
+    missing = sorted(set(expected) - set(out))
+    unexpected = sorted(set(out) - set(expected))
+    if missing or unexpected:
+        raise HFError(
+            f"weights do not match config.json: missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
+            f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}"
+        )
+    for k, v in expected.items():
+        if tuple(out[k].shape) != tuple(v.shape):
+            raise HFError(f"weight {k} has shape {tuple(out[k].shape)}, config.json implies {tuple(v.shape)}")
+    return out
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise HFError("downloading from the hub needs huggingface_hub: pip install huggingface_hub") from e
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=["config.json", "model.safetensors*"]))
+        if _weight_files(folder) is None:  # an old repository with only a PyTorch .bin
+            folder = Path(snapshot_download(repo_id, allow_patterns=["config.json", "pytorch_model.bin"]))
+    except Exception as e:  # network, offline mode, unknown repo, auth: all end the same way for the user
+        raise HFError(
+            f"could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}); "
+            "offline? download it elsewhere and pass the local folder"
+        ) from e
+    return folder
+
+
+def resolve_source(source: str | Path) -> Path:
+    """A local Hugging Face GPT-2 folder for a folder path or a hub id (downloaded when online)."""
+    p = Path(source).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise HFError(f"{p} is a file; pass the folder holding config.json and model.safetensors")
+        if not (p / "config.json").is_file():
+            raise HFError(f"{p} has no config.json; it is not a Hugging Face model folder")
+        if _weight_files(p) is None:
+            raise HFError(f"{p} has no model.safetensors or pytorch_model.bin")
+        return p
+    s = str(source)
+    if HUB_ID.match(s) and not s.startswith((".", "~")):
+        return _download(s)
+    raise HFError(f"{source} not found: pass a local Hugging Face GPT-2 folder or a hub id such as 'gpt2'")
+
+
+def load_hf_gpt2(source: str | Path, device: str | torch.device = "cpu") -> GPT:
+    """Our GPT (eval mode) with the weights of a Hugging Face GPT-2 folder or hub id."""
+    folder = resolve_source(source)
+    try:
+        hf_cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise HFError(f"{folder / 'config.json'} is not valid JSON ({e})") from e
+    config = hf_model_config(hf_cfg)
+    sd = hf_to_state_dict(_read_weights(_weight_files(folder) or []), config)
+    model = GPT(config)
+    load_clean_state_dict(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+    return model.to(device).eval()
+
+
+# --- writing ------------------------------------------------------------------------------------
+def hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "use_cache": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": EOT_TOKEN,
+        "eos_token_id": EOT_TOKEN,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
+    """Our weights in HF GPT2LMHeadModel layout: Conv1D transposed, padded vocab rows dropped.
+
+    The head is tied, so (like save_pretrained) only transformer.wte.weight is stored. A model
+    trained without biases gets zero biases, which computes the same function.
+    """
+    c = model.config
+    out: dict[str, torch.Tensor] = {}
+    for key, value in clean_state_dict(model).items():
+        value = value.detach()
+        if key == "transformer.wte.weight":
+            value = value[: c.vocab_size]
+        elif key.endswith(CONV1D_SUFFIXES):
+            value = value.t()
+        out[key] = value.contiguous().cpu().clone()
+    if not c.bias:
+        for i in range(c.n_layer):
+            p = f"transformer.h.{i}."
+            sizes = {"ln_1": c.n_embd, "ln_2": c.n_embd, "attn.c_attn": 3 * c.n_embd, "attn.c_proj": c.n_embd}
+            sizes |= {"mlp.c_fc": 4 * c.n_embd, "mlp.c_proj": c.n_embd}
+            for name, size in sizes.items():
+                out.setdefault(f"{p}{name}.bias", torch.zeros(size, dtype=out[f"{p}ln_1.weight"].dtype))
+        out.setdefault("transformer.ln_f.bias", torch.zeros(c.n_embd, dtype=out["transformer.ln_f.weight"].dtype))
+    return out
+
+
+def export_hf(model_or_path: nn.Module | str | Path, out_dir: str | Path) -> Path:
+    """Write config.json + model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads.
+
+    model_or_path: a GPT (also compiled/DDP-wrapped), or a run / checkpoint folder of this project.
+    """
+    if isinstance(model_or_path, nn.Module):
+        model = unwrap_model(model_or_path)
+    else:
+        from core.checkpoint import load_model
+
+        model, _ = load_model(model_or_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = state_dict_to_hf(model)
+    dtype = tensors["transformer.wte.weight"].dtype
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(hf_config(model.config, dtype), indent=2) + "\n")
+    return out
+
+
+def validate_run_name(name: str) -> str:
+    if not isinstance(name, str) or not RUN_NAME.match(name) or ".." in name:
+        raise HFError(
+            f"invalid run name {name!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit (no path separators, no '..')"
+        )
+    return name
+
+
+def _closest_preset(config: ModelConfig) -> str:
+    for name, p in PRESETS.items():
+        if (p["n_layer"], p["n_head"], p["n_embd"]) == (config.n_layer, config.n_head, config.n_embd):
+            return name
+    return "gpt2"
+
+
+def import_to_run(source: str | Path, runs_dir: str | Path, name: str) -> Path:
+    """Import GPT-2 weights as a run folder (<runs_dir>/<name>/ckpt/step-000000 + config.json).
+
+    The folder is built under a temporary name and renamed at the end, so the UI never lists a
+    half-written import, and an existing run is never overwritten.
+    """
+    from core.checkpoint import save_checkpoint
+
+    validate_run_name(name)
+    runs = Path(runs_dir)
+    final = runs / name
+    if final.exists():
+        raise HFError(f"a run named {name!r} already exists in {runs}; choose another name")
+    model = load_hf_gpt2(source)
+    c = model.config
+    runs.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=runs, prefix=f".import-{name}-"))
+    try:
+        save_checkpoint(tmp, 0, model, {"source": str(source), "imported": True})
+        train = TrainConfig(
+            run_name=name,
+            runs_dir=str(runs),
+            preset=_closest_preset(c),
+            n_layer=c.n_layer,
+            n_head=c.n_head,
+            n_embd=c.n_embd,
+            block_size=c.block_size,
+            pad_vocab=False,
+            init_from=str(source),
+            extra={"imported": True, "source": str(source), "model_config": c.to_dict()},
+        )
+        train.to_json(tmp / "config.json")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

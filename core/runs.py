@@ -1,0 +1,52 @@
+"""Run names and run folders: validation, safe resolution inside the runs folder, unique names.
+
+Every path built from a user-given run name goes through resolve_run_dir, so a name can never point
+outside the runs folder (no separators, no '..', no absolute paths, no symlink that escapes).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from core.config import ConfigError
+
+MAX_RUN_NAME = 64
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def validate_run_name(name: str) -> str:
+    """Return name if it is a safe run-folder name, else raise ConfigError saying what to change."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("run name is empty; give a name such as 'tiny-shakespeare'")
+    if len(name) > MAX_RUN_NAME:
+        raise ConfigError(f"run name is {len(name)} characters long; use at most {MAX_RUN_NAME}")
+    if not _NAME_RE.fullmatch(name):
+        bad = sorted({c for c in name if not _NAME_RE.fullmatch(c)})
+        raise ConfigError(f"run name {name!r} contains {''.join(bad)!r}; use only letters, digits, '-', '_' and '.'")
+    if ".." in name or name.startswith("."):
+        raise ConfigError(f"run name {name!r} must not start with '.' or contain '..'; e.g. use '-' instead")
+    return name
+
+
+def resolve_run_dir(runs_dir: str | Path, name: str) -> Path:
+    """The folder of run `name` inside runs_dir, refusing anything that would land outside it."""
+    validate_run_name(name)
+    root = Path(runs_dir).resolve()
+    path = root / name
+    # A symlinked run folder is fine as long as its target stays inside the runs folder.
+    if not path.resolve().is_relative_to(root):
+        raise ConfigError(f"run {name!r} points outside the runs folder {root}; refusing to touch it")
+    return path
+
+
+def unique_run_name(runs_dir: str | Path, name: str) -> str:
+    """name, or name-2, name-3, ... : the first that has no folder in runs_dir yet."""
+    validate_run_name(name)
+    root = Path(runs_dir)
+    candidate, n = name, 1
+    while (root / candidate).exists() or (root / candidate).is_symlink():
+        n += 1
+        suffix = f"-{n}"
+        candidate = name[: MAX_RUN_NAME - len(suffix)] + suffix
+    return candidate

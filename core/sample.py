@@ -1,0 +1,126 @@
+"""Sample from a checkpoint on the command line, streaming the text as it is generated.
+
+    python -m core.sample --checkpoint checkpoints/my-run --prompt "ROMEO:" --temperature 0.8 --top-k 200
+
+--checkpoint takes a run folder (its latest checkpoint), a checkpoint folder, a Hugging Face GPT-2
+folder (config.json + model.safetensors) or a hub id such as gpt2 (downloaded when online).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from core.checkpoint import CheckpointError, load_model
+from core.hf import HFError, is_hf_folder, load_hf_gpt2
+from core.model import GPT
+from core.sampling import SamplingConfig, stream
+from core.tokenizer import TokenizerError
+
+
+def pick_device(name: str = "auto") -> str:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps requested but MPS is not available; use --device cpu")
+    return name
+
+
+def load_any(source: str | Path, device: str = "cpu") -> GPT:
+    """A GPT in eval mode from a run / checkpoint folder of this project, a HF GPT-2 folder or a hub id."""
+    p = Path(source).expanduser()
+    if is_hf_folder(p) and not (p / "state.json").is_file() and not (p / "ckpt").is_dir():
+        return load_hf_gpt2(p, device)
+    if not p.exists():
+        if str(source).startswith((".", "/", "~")) or "\\" in str(source) or (p.parent / "ckpt").is_dir():
+            raise CheckpointError(f"checkpoint not found: {p}")
+        try:  # a hub id such as gpt2
+            return load_hf_gpt2(str(source), device)
+        except HFError as e:
+            raise HFError(f"{source} is not a local folder, and {e}") from e
+    return load_model(p, device)[0]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m core.sample", description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder, HF GPT-2 folder or hub id")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default="", help="text to continue (empty: start from <|endoftext|>)")
+    src.add_argument("--prompt-file", type=Path, help="read the prompt from this file")
+    ap.add_argument("--max-new-tokens", type=int, default=200)
+    ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    ap.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default: off)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
+    ap.add_argument("--seed", type=int, default=None, help="same seed -> same text")
+    ap.add_argument("--num-samples", type=int, default=1)
+    ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
+    ap.add_argument("--no-stop-at-eot", action="store_true", help="keep going past <|endoftext|>")
+    ap.add_argument("--no-echo", action="store_true", help="print only the completion, not the prompt")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        prompt = args.prompt_file.read_text(encoding="utf-8") if args.prompt_file else args.prompt
+        cfg = SamplingConfig(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop=tuple(args.stop),
+            stop_at_eot=not args.no_stop_at_eot,
+            num_samples=args.num_samples,
+        ).validate()
+        device = pick_device(args.device)
+        model = load_any(args.checkpoint, device)
+        steps = stream(model, prompt, cfg)
+    except (ValueError, OSError, CheckpointError, HFError, TokenizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    out = sys.stdout
+    live = cfg.num_samples == 1  # several samples advance together: print each when complete
+    texts = [[] for _ in range(cfg.num_samples)]
+    n_tokens, t0, slid = 0, time.perf_counter(), False
+    if live and not args.no_echo:
+        out.write(prompt)
+    try:
+        for step in steps:
+            slid |= step.context_slid
+            n_tokens += sum(t >= 0 for t in step.tokens)
+            for i, piece in enumerate(step.texts):
+                texts[i].append(piece)
+            if live:
+                out.write(step.texts[0])
+                out.flush()
+    except KeyboardInterrupt:
+        steps.close()
+        print("\n[interrupted]", file=sys.stderr)
+        return 130
+    if live:
+        out.write("\n")
+    else:
+        for i, t in enumerate(texts):
+            out.write(f"--- sample {i + 1} ---\n{'' if args.no_echo else prompt}{''.join(t)}\n")
+    out.flush()
+    dt = time.perf_counter() - t0
+    note = "; the context window slid (older text was dropped)" if slid else ""
+    print(
+        f"[{n_tokens} tokens in {dt:.2f}s, {n_tokens / max(dt, 1e-9):.1f} tokens/s on {device}{note}]", file=sys.stderr
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,403 @@
+"""Text generation with a KV cache: greedy, temperature, top-k, top-p, seeds, stop strings, streaming.
+
+The prompt is prefilled once, then each step feeds one token at its absolute position. GPT-2 has
+learned absolute positions, so cached keys/values cannot be shifted: when the sequence outgrows the
+context window, the window *slides* -- the last `keep` tokens are prefilled again from position 0
+and decoding continues. `keep` defaults to block_size // 2: a rebuild then costs one prefill per
+block_size // 2 new tokens (about one extra forward per token, amortized) while the model always
+sees at least half a window of context. keep = block_size - 1 gives the most context but rebuilds
+on every token (as slow as recomputing without a cache).
+
+Each stream owns its caches and attaches them only for the duration of one forward call, under a
+per-model lock, so several streams (e.g. two browser tabs) can share one loaded model safely and a
+model is never left with a cache attached.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from core.config import EOT_TOKEN
+from core.model import GPT, KVCache, unwrap_model
+from core.tokenizer import StreamDecoder, encode
+
+GREEDY_BELOW = 1e-5  # temperatures below this are treated as 0 (dividing by them overflows)
+MAX_SAMPLES = 64
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0 = greedy (deterministic)
+    top_k: int | None = None  # None = off
+    top_p: float = 1.0  # 1 = off
+    seed: int | None = None  # None = a fresh random seed
+    stop: tuple[str, ...] = ()  # stop strings; their text is not part of the output
+    stop_at_eot: bool = True
+    num_samples: int = 1
+    top_candidates: int = 0  # >0: report this many candidates per step (Step.top)
+    window_keep: int | None = None  # tokens kept when the context slides; None = block_size // 2
+    use_cache: bool = True  # False recomputes the whole window each step (reference / benchmarks)
+
+    def validate(self) -> SamplingConfig:
+        """Check every field; raises ValueError naming the field and the allowed range."""
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+
+        def is_int(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature):
+            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1, or None to turn it off; got {self.top_k!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
+        if self.seed is not None and (not is_int(self.seed) or not 0 <= self.seed < 2**63):
+            raise ValueError(f"seed must be an integer in [0, 2**63), or None for a random one; got {self.seed!r}")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if not is_int(self.num_samples) or not 1 <= self.num_samples <= MAX_SAMPLES:
+            raise ValueError(f"num_samples must be an integer in [1, {MAX_SAMPLES}], got {self.num_samples!r}")
+        if not is_int(self.top_candidates) or self.top_candidates < 0:
+            raise ValueError(f"top_candidates must be an integer >= 0, got {self.top_candidates!r}")
+        if self.window_keep is not None and (not is_int(self.window_keep) or self.window_keep < 1):
+            raise ValueError(f"window_keep must be an integer >= 1, or None; got {self.window_keep!r}")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
+
+
+@dataclass
+class Step:
+    """One generation step: the token each sample produced (-1 where a sample produced none)."""
+
+    index: int  # step number, 0 for the first new token
+    tokens: list[int]  # per sample; -1 if it had already finished (or was still reading its prompt)
+    texts: list[str]  # decoded text per sample (may be "" while a character or a stop string is incomplete)
+    top: list[list[tuple[int, float]]]  # per sample: (token, probability sampled from), model's ranking
+    context_slid: bool  # the window slid (or the prompt was cut) before this token was predicted
+    finished: list[bool] = field(default_factory=list)  # per sample, True once it has stopped
+    stop_reason: list[str | None] = field(default_factory=list)  # "eot" | "stop" | "length" once finished
+
+
+# --- the distribution ---------------------------------------------------------------------------
+def _restrict(logits: torch.Tensor, cfg: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Candidate logits after temperature, top-k and top-p, and their token ids (None: all, in order).
+
+    top-k takes exactly k candidates with torch.topk, which also sorts them, so top-p then works on
+    k values instead of sorting the whole vocabulary.
+    """
+    logits = logits.float() / cfg.temperature
+    ids = None
+    if cfg.top_k is not None and cfg.top_k < logits.size(-1):
+        logits, ids = torch.topk(logits, cfg.top_k, dim=-1)
+    if cfg.top_p < 1.0:
+        if ids is None:
+            logits, ids = torch.sort(logits, dim=-1, descending=True)
+        probs = logits.softmax(-1)
+        # Keep the smallest set of tokens whose mass reaches top_p (the most likely one always stays).
+        logits = logits.masked_fill(probs.cumsum(-1) - probs >= cfg.top_p, float("-inf"))
+    return logits, ids
+
+
+def filter_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Probabilities (B, V) actually sampled from, after temperature, top-k and top-p.
+
+    Greedy (temperature 0) gives the one-hot vector of the argmax.
+    """
+    logits = logits.float()
+    if cfg.greedy:
+        return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+    cand, ids = _restrict(logits, cfg)
+    probs = cand.softmax(-1)
+    return probs if ids is None else torch.zeros_like(logits).scatter_(-1, ids, probs)
+
+
+def _choose(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Next token per row (B,), and the filtered probabilities when candidates are reported."""
+    shown = filter_probs(logits, cfg) if cfg.top_candidates else None
+    if cfg.greedy:
+        return logits.argmax(-1), shown
+    cand, ids = _restrict(logits, cfg)
+    probs = cand.softmax(-1)
+    # argmax(p / E), E ~ Exp(1), picks i with probability p_i (a race of exponential clocks); it is
+    # much cheaper than torch.multinomial over 50k entries. The clamp keeps 0/0 out.
+    noise = torch.empty_like(probs).exponential_(generator=gen).clamp_(min=torch.finfo(probs.dtype).tiny)
+    choice = (probs / noise).argmax(-1)
+    return (choice if ids is None else ids.gather(-1, choice[:, None]).squeeze(-1)), shown
+
+
+# --- per-sample text bookkeeping ----------------------------------------------------------------
+class _TextTracker:
+    """Decodes one sample's tokens and applies the stop rules.
+
+    Text that could be the beginning of a stop string is held back until it is clear it is not,
+    so the stop string itself never reaches the output, even when it spans several tokens.
+    """
+
+    def __init__(self, stop: tuple[str, ...], stop_at_eot: bool) -> None:
+        self.decoder = StreamDecoder()
+        self.stop = stop
+        self.stop_at_eot = stop_at_eot
+        self.held = ""
+        self.produced = 0
+        self.reason: str | None = None
+
+    def push(self, token: int, max_new_tokens: int) -> str:
+        self.produced += 1
+        if token == EOT_TOKEN and self.stop_at_eot:
+            return self._finish("eot")
+        self.held += self.decoder.push(token)
+        if self.stop:
+            cut = min((i for s in self.stop if (i := self.held.find(s)) >= 0), default=-1)
+            if cut >= 0:
+                out, self.held = self.held[:cut], ""
+                self.reason = "stop"
+                return out
+        if self.produced >= max_new_tokens:
+            return self._finish("length")
+        keep = self._stop_prefix_len(self.held)
+        out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+        return out
+
+    def _finish(self, reason: str) -> str:
+        self.reason = reason
+        tail = self.held + self.decoder.flush()
+        self.held = ""
+        cut = min((i for s in self.stop if (i := tail.find(s)) >= 0), default=-1)
+        return tail[:cut] if cut >= 0 else tail
+
+    def _stop_prefix_len(self, text: str) -> int:
+        """Length of the longest end of text that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(text)), best, -1):
+                if text.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+
+# --- running the model --------------------------------------------------------------------------
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(model, threading.Lock())
+
+
+def prompt_tokens(prompt: str | Sequence[int], vocab_size: int = EOT_TOKEN + 1) -> list[int]:
+    """Token ids of a prompt (text or ids); an empty prompt starts from <|endoftext|>."""
+    if isinstance(prompt, str):
+        tokens = encode(prompt)
+    else:
+        tokens = list(prompt)
+        bad = [t for t in tokens if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab_size}); got {bad[:5]}")
+    return tokens or [EOT_TOKEN]
+
+
+def _last_position(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return (args[0][:, -1:],)
+
+
+class _Decoder:
+    """Runs a batch of rows of equal length through the model, sliding the window when full."""
+
+    def __init__(self, model: GPT, rows: torch.Tensor, cfg: SamplingConfig, max_steps: int) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.block = model.config.block_size
+        self.keep = min(cfg.window_keep or max(1, self.block // 2), self.block - 1) if self.block > 1 else 1
+        batch, length = rows.shape
+        # Window of tokens the model currently sees; preallocated so steps never reallocate.
+        self.window = torch.empty(batch, self.block, dtype=torch.long, device=rows.device)
+        self.slid = length > self.block
+        rows = rows[:, -self.keep :] if self.slid else rows
+        self.n = rows.size(1)
+        self.window[:, : self.n] = rows
+        self.caches: list[KVCache | None] = [None] * model.config.n_layer
+        if cfg.use_cache:
+            w = model.transformer.wte.weight
+            max_len = min(self.block, self.n + max_steps)
+            c = model.config
+            self.caches = [KVCache(batch, c.n_head, max_len, c.head_dim, w.device, w.dtype) for _ in range(c.n_layer)]
+
+    def _forward(self, idx: torch.Tensor, pos: int) -> torch.Tensor:
+        """Last-position logits (B, V), with this decoder's caches attached only for this call."""
+        model = self.model
+        blocks = [b.attn for b in model.transformer.h]
+        with _model_lock(model):
+            previous = [a.kv_cache for a in blocks]
+            was_training = model.training
+            if was_training:
+                model.eval()
+            for a, c in zip(blocks, self.caches):
+                a.kv_cache = c
+            # Only the last position's logits are needed: cut before the head, which for a prefill
+            # of T tokens would otherwise do a (T, n_embd) x (n_embd, 50257) matmul for nothing.
+            hook = model.transformer.ln_f.register_forward_pre_hook(_last_position) if idx.size(1) > 1 else None
+            try:
+                logits, _ = model(idx, pos=pos)
+            finally:
+                if hook is not None:
+                    hook.remove()
+                for a, c in zip(blocks, previous):
+                    a.kv_cache = c
+                if was_training:
+                    model.train()
+        return logits[:, -1]
+
+    def prefill(self) -> torch.Tensor:
+        return self._forward(self.window[:, : self.n], 0)
+
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row and return the next logits; slides the window when it is full."""
+        if self.n == self.block:
+            kept = self.window[:, self.n - self.keep + 1 : self.n].clone()
+            self.window[:, : self.keep - 1] = kept
+            self.window[:, self.keep - 1] = tokens
+            self.n = self.keep
+            self.slid = True
+            return self.prefill()
+        self.window[:, self.n] = tokens
+        self.n += 1
+        if self.cfg.use_cache:
+            return self._forward(self.window[:, self.n - 1 : self.n], self.n - 1)
+        return self.prefill()
+
+
+def _run(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig) -> Iterator[Step]:
+    """Generate for rows of possibly different prompt lengths.
+
+    Rows are prefilled up to the shortest prompt; longer prompts feed their remaining tokens one
+    per step (forced instead of sampled), so no padding or attention mask is needed.
+    """
+    gpt = unwrap_model(model)
+    device = gpt.transformer.wte.weight.device
+    gen = torch.Generator(device=device)
+    if cfg.seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(cfg.seed)
+    shortest = min(len(p) for p in prompts)
+    pending = [p[shortest:] for p in prompts]  # prompt tokens still to be read, per row
+    trackers = [_TextTracker(cfg.stop, cfg.stop_at_eot) for _ in prompts]
+    max_steps = max(len(p) for p in pending) + cfg.max_new_tokens
+    B = len(prompts)
+    with torch.inference_mode():
+        rows = torch.tensor([p[:shortest] for p in prompts], dtype=torch.long, device=device)
+        dec = _Decoder(gpt, rows, cfg, max_steps)
+        logits = dec.prefill()
+    for index in range(max_steps):
+        with torch.inference_mode():
+            nxt, probs = _choose(logits, cfg, gen)
+            forcing = [bool(p) for p in pending]
+            if any(forcing):
+                forced = [p.pop(0) if p else 0 for p in pending]
+                mask = torch.tensor(forcing, device=device)
+                nxt = torch.where(mask, torch.tensor(forced, device=device), nxt)
+            top = [[] for _ in range(B)]
+            if cfg.top_candidates:
+                k = min(cfg.top_candidates, logits.size(-1))
+                ids = torch.topk(logits, k, dim=-1).indices
+                top = [list(zip(i, p)) for i, p in zip(ids.tolist(), probs.gather(-1, ids).tolist())]
+        toks = nxt.tolist()  # the one host sync per step: text is needed now for streaming
+        tokens, texts = [-1] * B, [""] * B
+        for i, tr in enumerate(trackers):
+            if forcing[i] or tr.reason:
+                top[i] = []
+                continue
+            tokens[i] = toks[i]
+            texts[i] = tr.push(toks[i], cfg.max_new_tokens)
+        if any(t >= 0 for t in tokens):
+            yield Step(
+                index=index,
+                tokens=tokens,
+                texts=texts,
+                top=top,
+                context_slid=dec.slid,
+                finished=[tr.reason is not None for tr in trackers],
+                stop_reason=[tr.reason for tr in trackers],
+            )
+            dec.slid = False
+        if all(tr.reason for tr in trackers):
+            return
+        with torch.inference_mode():
+            logits = dec.feed(nxt)
+
+
+def stream(model: nn.Module, prompt: str | Sequence[int], cfg: SamplingConfig | None = None) -> Iterator[Step]:
+    """Yield one Step per new token for cfg.num_samples samples of one prompt (batched).
+
+    Same seed -> same text (on the same device). Stops per sample at <|endoftext|>, a stop string or
+    max_new_tokens; the iterator ends when all samples have stopped.
+    """
+    cfg = (cfg or SamplingConfig()).validate()
+    tokens = prompt_tokens(prompt, unwrap_model(model).config.vocab_size)
+    return _run(model, [tokens] * cfg.num_samples, cfg)
+
+
+def stream_batch(model: nn.Module, prompts: Sequence[str | Sequence[int]], cfg: SamplingConfig) -> Iterator[Step]:
+    """Like stream, for several prompts at once: rows are prompt-major (prompt 0's samples first)."""
+    cfg = cfg.validate()
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    if len(prompts) * cfg.num_samples > MAX_SAMPLES:
+        raise ValueError(f"at most {MAX_SAMPLES} rows per batch; got {len(prompts)} prompts x {cfg.num_samples}")
+    vocab = unwrap_model(model).config.vocab_size
+    rows = [prompt_tokens(p, vocab) for p in prompts for _ in range(cfg.num_samples)]
+    return _run(model, rows, cfg)
+
+
+def _collect(steps: Iterator[Step], rows: int) -> tuple[list[str], list[list[int]]]:
+    texts: list[list[str]] = [[] for _ in range(rows)]
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    for step in steps:
+        for i in range(rows):
+            if step.tokens[i] >= 0:
+                tokens[i].append(step.tokens[i])
+                texts[i].append(step.texts[i])
+    return ["".join(t) for t in texts], tokens
+
+
+def generate(model: nn.Module, prompt: str | Sequence[int], cfg: SamplingConfig | None = None) -> list[str]:
+    """The completions (without the prompt) of cfg.num_samples samples."""
+    cfg = (cfg or SamplingConfig()).validate()
+    return _collect(stream(model, prompt, cfg), cfg.num_samples)[0]
+
+
+def generate_tokens(
+    model: nn.Module, prompt: str | Sequence[int], cfg: SamplingConfig | None = None
+) -> list[list[int]]:
+    """The new token ids per sample, including a final <|endoftext|> when that ended the sample."""
+    cfg = (cfg or SamplingConfig()).validate()
+    return _collect(stream(model, prompt, cfg), cfg.num_samples)[1]
+
+
+def generate_batch(
+    model: nn.Module, prompts: Sequence[str | Sequence[int]], cfg: SamplingConfig | None = None
+) -> list[list[str]]:
+    """Completions for several prompts in one batch: result[i] holds prompt i's num_samples texts."""
+    cfg = (cfg or SamplingConfig()).validate()
+    texts = _collect(stream_batch(model, prompts, cfg), len(prompts) * cfg.num_samples)[0]
+    n = cfg.num_samples
+    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]

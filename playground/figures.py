@@ -1,0 +1,245 @@
+"""Plotly figures from metrics.jsonl records: smoothed loss curves and the training-health panels.
+
+Pure functions of the records (no Gradio), so they are unit-tested on real metrics files. Only the drawing is
+downsampled; the records themselves are never thinned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+X_AXES = {"step": "Step", "tokens": "Tokens", "time": "Wall time (min)"}
+MAX_POINTS = 1500  # per trace; browsers stay smooth and a 100k-step run still shows its spikes
+COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777"]
+FONT = dict(family="Inter, system-ui, sans-serif", size=13, color="#1f2937")
+
+Records = Sequence[dict[str, Any]]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def ema(values: Sequence[float | None], smoothing: float) -> list[float | None]:
+    """TensorBoard's debiased exponential moving average; gaps (None/NaN) stay gaps and do not reset it."""
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    out: list[float | None] = []
+    last, n = 0.0, 0
+    for v in values:
+        if not _finite(v):
+            out.append(None)
+            continue
+        last = last * smoothing + (1 - smoothing) * v
+        n += 1
+        # Dividing by 1 - s^n removes the bias towards the zero the average started from.
+        out.append(last / (1 - smoothing**n) if smoothing > 0 else float(v))
+    return out
+
+
+def downsample_indices(n: int, max_points: int = MAX_POINTS, values: Sequence[float | None] | None = None) -> list[int]:
+    """Indices to draw: all if n <= max_points, else first, last and per bucket the min and max of values
+    (or evenly spaced indices without values), so spikes survive the thinning."""
+    if n <= max_points:
+        return list(range(n))
+    buckets = max(1, (max_points - 2) // 2)
+    keep = {0, n - 1}
+    for b in range(buckets):
+        lo, hi = 1 + b * (n - 2) // buckets, 1 + (b + 1) * (n - 2) // buckets
+        if lo >= hi:
+            continue
+        if values is None:
+            keep.add(lo)
+            continue
+        idx = [i for i in range(lo, hi) if _finite(values[i])]
+        if idx:
+            keep.add(min(idx, key=lambda i: values[i]))
+            keep.add(max(idx, key=lambda i: values[i]))
+    return sorted(keep)
+
+
+def split_records(records: Records) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {"train": [], "eval": [], "sample": [], "status": []}
+    for r in records:
+        out.setdefault(r.get("kind", ""), []).append(r)
+    return out
+
+
+def x_values(records: Records, axis: str, train: Records, t0: float | None) -> list[float | None]:
+    """The x coordinate of each record: its step, the tokens seen at that step, or minutes since the run began."""
+    if axis == "step":
+        return [r.get("step") for r in records]
+    if axis == "tokens":
+        # Eval records carry only a step: look up the tokens the train record of that step reported.
+        by_step = {r.get("step"): r.get("tokens") for r in train}
+        per_step = next((r["tokens"] / r["step"] for r in reversed(train) if r.get("tokens") and r.get("step")), None)
+        out = []
+        for r in records:
+            tok = r.get("tokens", by_step.get(r.get("step")))
+            if tok is None and per_step and r.get("step") is not None:
+                tok = r["step"] * per_step
+            out.append(tok)
+        return out
+    if axis == "time":
+        return [(r["time"] - t0) / 60 if t0 is not None and _finite(r.get("time")) else None for r in records]
+    raise ValueError(f"x axis must be one of {', '.join(X_AXES)}, got {axis!r}")
+
+
+def _t0(records: Records) -> float | None:
+    times = [r["time"] for r in records if _finite(r.get("time"))]
+    return min(times) if times else None
+
+
+def _base_layout(fig: go.Figure, x_axis: str, uirevision: str, height: int) -> None:
+    fig.update_layout(
+        template="plotly_white",
+        height=height,
+        margin=dict(l=60, r=20, t=48, b=48),
+        font=FONT,
+        hovermode="x unified",
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
+        uirevision=uirevision,  # keeps the user's zoom and hidden traces across timer refreshes
+    )
+    fig.update_xaxes(showgrid=True, gridcolor="#eef0f3", zeroline=False)
+    fig.update_yaxes(showgrid=True, gridcolor="#eef0f3", zeroline=False)
+
+
+def _empty(fig: go.Figure, text: str) -> go.Figure:
+    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5, font=dict(size=15))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def loss_figure(
+    runs: dict[str, Records],
+    smoothing: float = 0.6,
+    x_axis: str = "step",
+    log_y: bool = False,
+    uirevision: str = "loss",
+    max_points: int = MAX_POINTS,
+) -> go.Figure:
+    """Train loss (raw, faint) with its EMA, and val loss points, for one or more runs on one chart."""
+    fig = go.Figure()
+    _base_layout(fig, x_axis, uirevision, height=430)
+    fig.update_layout(title=dict(text="Loss", x=0.01, font=dict(size=16)))
+    drawn = False
+    for i, (name, records) in enumerate(runs.items()):
+        color = COLORS[i % len(COLORS)]
+        parts = split_records(records)
+        train, evals, t0 = parts["train"], parts["eval"], _t0(records)
+        label = name if len(runs) > 1 else "train"
+        if train:
+            xs = x_values(train, x_axis, train, t0)
+            raw = [r.get("loss") for r in train]
+            smooth = ema(raw, smoothing)
+            keep = downsample_indices(len(train), max_points, raw)
+            fig.add_trace(
+                go.Scatter(
+                    x=[xs[j] for j in keep],
+                    y=[raw[j] for j in keep],
+                    mode="lines",
+                    line=dict(color=color, width=1),
+                    opacity=0.25,
+                    name=f"{label} (raw)",
+                    legendgroup=name,
+                    showlegend=False,
+                    hoverinfo="skip",
+                )
+            )
+            keep = downsample_indices(len(train), max_points)
+            fig.add_trace(
+                go.Scatter(
+                    x=[xs[j] for j in keep],
+                    y=[smooth[j] for j in keep],
+                    mode="lines",
+                    line=dict(color=color, width=2.2),
+                    name=f"{label} loss" if len(runs) > 1 else "train loss (smoothed)",
+                    legendgroup=name,
+                    hovertemplate="%{y:.4f}",
+                )
+            )
+            drawn = True
+        vals = [r for r in evals if _finite(r.get("val_loss"))]
+        if vals:
+            xs = x_values(vals, x_axis, train, t0)
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=[r["val_loss"] for r in vals],
+                    mode="lines+markers",
+                    line=dict(color=color, width=1.2, dash="dot"),
+                    marker=dict(color=color, size=8, symbol="diamond", line=dict(color="white", width=1)),
+                    name=f"{name} val" if len(runs) > 1 else "val loss",
+                    legendgroup=name,
+                    hovertemplate="val %{y:.4f}",
+                )
+            )
+            drawn = True
+    if not drawn:
+        return _empty(fig, "No loss yet: the curve appears after the first training steps")
+    fig.update_xaxes(title_text=X_AXES[x_axis])
+    fig.update_yaxes(title_text="cross-entropy loss", type="log" if log_y else "linear")
+    return fig
+
+
+PANELS = [("lr", "Learning rate"), ("grad_norm", "Gradient norm"), ("tok_per_s", "Tokens / s"), ("mfu", "MFU (%)")]
+
+
+def health_figure(
+    runs: dict[str, Records],
+    x_axis: str = "step",
+    log_y: bool = False,
+    uirevision: str = "health",
+    max_points: int = MAX_POINTS,
+) -> go.Figure:
+    """Learning rate, gradient norm, throughput and MFU (when the trainer knows it) as small panels."""
+    if not any(_has(recs, "loss") for recs in runs.values()):
+        fig = go.Figure()
+        _base_layout(fig, x_axis, uirevision, height=120)
+        return _empty(fig, "Learning rate, gradient norm and throughput appear with the first steps")
+    panels = [p for p in PANELS if p[0] != "mfu" or any(_has(recs, "mfu") for recs in runs.values())]
+    cols = len(panels)
+    fig = make_subplots(rows=1, cols=cols, subplot_titles=[t for _, t in panels], horizontal_spacing=0.06)
+    _base_layout(fig, x_axis, uirevision, height=290)
+    fig.update_layout(hovermode="x", showlegend=len(runs) > 1, margin=dict(l=50, r=20, t=56, b=48))
+    for i, (name, records) in enumerate(runs.items()):
+        color = COLORS[i % len(COLORS)]
+        train = split_records(records)["train"]
+        if not train:
+            continue
+        xs = x_values(train, x_axis, train, _t0(records))
+        for c, (key, title) in enumerate(panels, start=1):
+            ys = [r.get(key) for r in train]
+            if key == "mfu":
+                ys = [y * 100 if _finite(y) else None for y in ys]
+            keep = downsample_indices(len(train), max_points, ys)
+            fig.add_trace(
+                go.Scatter(
+                    x=[xs[j] for j in keep],
+                    y=[ys[j] for j in keep],
+                    mode="lines",
+                    line=dict(color=color, width=1.6),
+                    name=name,
+                    legendgroup=name,
+                    showlegend=c == 1,
+                    hovertemplate=f"{title}: %{{y:.4g}}<extra>{name}</extra>",
+                ),
+                row=1,
+                col=c,
+            )
+    for c, (key, _) in enumerate(panels, start=1):
+        fig.update_xaxes(title_text=X_AXES[x_axis], row=1, col=c, title_font=dict(size=11))
+        fig.update_yaxes(type="log" if log_y and key == "grad_norm" else "linear", row=1, col=c)
+        fig.update_yaxes(exponentformat="power" if key == "lr" else "none", row=1, col=c)
+    fig.update_annotations(font=dict(size=13))
+    return fig
+
+
+def _has(records: Records, key: str) -> bool:
+    return any(r.get("kind") == "train" and _finite(r.get(key)) for r in records)

@@ -1,0 +1,182 @@
+"""Models for the Sampling and Attention tabs: which checkpoints exist, and a small LRU cache of loaded ones.
+
+A choice is a path relative to the runs folder: "<run>" means the run's latest checkpoint (so a run still
+training is followed as it saves), "<run>/ckpt/step-000500" one checkpoint. A loaded model is keyed by its
+checkpoint folder and the modification time of its weights, so a re-saved checkpoint is reloaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.checkpoint import MODEL_FILE, CheckpointError, list_checkpoints, load_model, read_state, resolve_checkpoint
+from core.config import ModelConfig
+from core.model import GPT
+
+MAX_MODELS = 3
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be used; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: GPT  # eval mode; core.sampling attaches its KV caches to it only under its per-model lock
+    probe: GPT  # the same weights, for cache-free forwards (attention maps, next-token view) without that lock
+    path: Path  # the checkpoint folder
+    step: int
+    config: ModelConfig
+    name: str  # e.g. "tiny-shakespeare · step 500"
+
+
+def _run_state(run_dir: Path) -> str:
+    try:
+        return json.loads((run_dir / "status.json").read_text()).get("state", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _describe(cfg: dict) -> str:
+    try:
+        return f"{cfg['n_layer']} layers × {cfg['n_head']} heads, {cfg['n_embd']}d, ctx {cfg['block_size']}"
+    except (KeyError, TypeError):
+        return "unknown size"
+
+
+def _step_of(ckpt: Path) -> int:
+    try:
+        return int(ckpt.name.removeprefix("step-"))
+    except ValueError:
+        return -1
+
+
+def list_models(runs_dir: str | Path) -> list[tuple[str, str]]:
+    """(label, value) pairs for a dropdown: every run with weights, newest first; for each its latest
+    checkpoint (followed while the run trains), then its older checkpoints."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    runs = []
+    for run in root.iterdir():
+        if run.name.startswith(".") or not run.is_dir():
+            continue
+        ckpts = [c for c in list_checkpoints(run) if (c / MODEL_FILE).is_file()]
+        if ckpts:
+            runs.append((max((c / MODEL_FILE).stat().st_mtime for c in ckpts), run, ckpts))
+    choices = []
+    for _, run, ckpts in sorted(runs, key=lambda r: r[0], reverse=True):
+        try:
+            state = read_state(ckpts[-1])
+        except CheckpointError:
+            state = {}
+        size = _describe(state.get("model_config"))
+        if state.get("imported"):
+            what = f"imported from {state.get('source', 'Hugging Face')}"
+        else:
+            training = ", training…" if _run_state(run) in ("running", "stopping") else ""
+            what = f"latest (step {_step_of(ckpts[-1])}{training})"
+        choices.append((f"{run.name} · {what} · {size}", run.name))
+        for c in reversed(ckpts[:-1]):
+            choices.append((f"{run.name} · step {_step_of(c)}", f"{run.name}/ckpt/{c.name}"))
+    return choices
+
+
+def no_models_message(runs_dir: str | Path) -> str:
+    """What to do when there is nothing to load (Markdown)."""
+    return (
+        f"**No checkpoint in `{runs_dir}` yet.** To get one:\n"
+        "- **Train** the `tiny` preset in the **Train** tab for a few minutes on CPU — its first checkpoint "
+        "appears here after one checkpoint interval (press ⟳ to refresh). From a terminal: "
+        f"`python -m core.train --preset tiny --max-steps 500 --runs-dir {runs_dir}`.\n"
+        "- **Import GPT-2** weights (Hugging Face format, a hub id such as `gpt2` or a local folder) in the "
+        f"**Models** tab, or `python -m core.hf import gpt2 --runs-dir {runs_dir}`."
+    )
+
+
+def resolve_choice(runs_dir: str | Path, choice: str | None) -> Path:
+    """The checkpoint folder of a dropdown value, refusing anything outside the runs folder."""
+    if not choice:
+        raise ModelError("no model selected; pick a checkpoint in the model list (press ⟳ to refresh it)")
+    root = Path(runs_dir).resolve()
+    path = (root / choice).resolve()
+    if not path.is_relative_to(root):
+        raise ModelError(f"{choice!r} is outside the runs folder {root}; pick a model from the list")
+    if not path.exists():
+        raise ModelError(f"{choice!r} no longer exists (deleted?); press ⟳ to refresh the model list")
+    try:
+        return resolve_checkpoint(path)
+    except CheckpointError as e:
+        raise ModelError(str(e)) from e
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ModelCache:
+    """At most max_models loaded models; the least recently used one is dropped when a new one loads."""
+
+    def __init__(self, max_models: int = MAX_MODELS, device: str | torch.device | None = None) -> None:
+        self.max_models = max_models
+        self.device = torch.device(device) if device else default_device()
+        self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()  # one load at a time: two clicks never load the same model twice
+
+    def get(self, runs_dir: str | Path, choice: str | None) -> LoadedModel:
+        ckpt = resolve_choice(runs_dir, choice)
+        try:
+            key = (str(ckpt), (ckpt / MODEL_FILE).stat().st_mtime_ns)
+        except FileNotFoundError as e:
+            raise ModelError(f"weights missing in {ckpt} (pruned while training?); press ⟳ and pick again") from e
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            for old in [k for k in self._models if k[0] == key[0]]:  # same checkpoint re-saved
+                del self._models[old]
+            try:
+                model, ck = load_model(ckpt, self.device)
+            except CheckpointError as e:
+                raise ModelError(str(e)) from e
+            step = int(ck.state.get("step", _step_of(ckpt)))
+            name = f"{ckpt.parent.parent.name} · step {step}"
+            probe = private_view(model)  # made now, while no generation can have caches attached
+            loaded = LoadedModel(model=model, probe=probe, path=ckpt, step=step, config=model.config, name=name)
+            self._models[key] = loaded
+            while len(self._models) > self.max_models:
+                self._models.popitem(last=False)
+            return loaded
+
+    def keys(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._models)
+
+
+def private_view(model: GPT) -> GPT:
+    """A new module tree that shares every parameter and buffer with `model` (no copy of the weights).
+
+    KV caches live on the modules: core.sampling attaches a stream's caches to the shared model for the
+    duration of one forward, so a forward without caches must not run on that same tree meanwhile.
+    """
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo=shared)
+
+
+CACHE = ModelCache()  # shared by the Sampling and Attention tabs of one app process
+
+
+def refresh_choices(runs_dir: str | Path, current: str | None) -> tuple[list[tuple[str, str]], str | None, str]:
+    """Dropdown choices, the value to show (current if still there, else the newest) and a message:
+    empty when models exist, otherwise how to get one."""
+    choices = list_models(runs_dir)
+    values = [v for _, v in choices]
+    value = current if current in values else (values[0] if values else None)
+    return choices, value, "" if choices else no_models_message(runs_dir)

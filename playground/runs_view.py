@@ -1,0 +1,45 @@
+"""Shared helpers of the tabs: the Jobs handle per runs folder, run pickers and human-readable numbers."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from core.jobs import Jobs, JobStatus
+
+
+@functools.cache
+def jobs_for(runs_dir: Path) -> Jobs:
+    """One Jobs per runs folder in this process: it reaps the children it launched and caches metric summaries."""
+    return Jobs(runs_dir)
+
+
+def list_runs(runs_dir: Path) -> list[JobStatus]:
+    """Every run, active first, then newest first; never raises (a broken folder shows as unknown)."""
+    try:
+        return jobs_for(runs_dir).list_runs()
+    except Exception:
+        return []
+
+
+def run_choices(runs: list[JobStatus]) -> list[tuple[str, str]]:
+    return [(f"{st.name}  ·  {st.state}", st.name) for st in runs]
+
+
+def human(n: float | None, digits: int = 3) -> str:
+    """1234567 -> '1.23M'."""
+    if n is None:
+        return "—"
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.{digits}g}{unit}"
+    return f"{n:.{digits}g}" if isinstance(n, float) else str(n)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return "—"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"

@@ -1,0 +1,137 @@
+"""The Sampling and Attention tabs in a real Chromium against a real `python app.py`, on a real checkpoint."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import torch
+from playwright.sync_api import expect
+
+from core.checkpoint import save_checkpoint
+from core.config import model_config
+from core.model import GPT
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(model_config("micro", n_head=4))
+    with torch.no_grad():  # sharper attention than the default init, so heads differ visibly
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(20)
+    runs = tmp_path / "runs"
+    save_checkpoint(runs / "micro-run", 40, model, state={})
+    return runs
+
+
+def _open_tab(page, url, name):
+    page.goto(url)
+    page.get_by_role("tab", name=name).click()
+
+
+def _set_number(page, selector, value):
+    box = page.locator(f"{selector} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def _output_text(page):
+    return (
+        page.locator("#sample-output .completion").first.inner_text()
+        if page.locator("#sample-output .completion").count()
+        else ""
+    )
+
+
+def test_sampling_streams_and_stops(app_server, runs_dir, page, screenshot_dir):
+    url = app_server(runs_dir)
+    _open_tab(page, url, "Sampling")
+    expect(page.locator("#sample-model input")).to_have_value(re.compile("^micro-run"))
+    page.locator("#sample-chart .js-plotly-plot").wait_for()  # the next-token view drew on load
+
+    # A short run finishes and reports its speed.
+    _set_number(page, "#sample-max-new", 20)
+    page.locator("#sample-generate").click()
+    page.locator("#sample-status", has_text="Done").wait_for()
+    status = page.locator("#sample-status").inner_text()
+    assert "tokens/s" in status and "first token after" in status and "seed 1337" in status
+    done_text = _output_text(page)
+    assert done_text
+
+    # A long run streams: the text grows between two reads, then Stop ends it for good.
+    _set_number(page, "#sample-max-new", 2048)
+    page.locator("#sample-generate").click()
+    page.locator("#sample-status", has_text="Generating").wait_for()
+    first = _output_text(page)
+    deadline = time.monotonic() + 20
+    while (second := _output_text(page)) == first or len(second) <= len(first):
+        assert time.monotonic() < deadline, "the output did not grow while generating"
+        time.sleep(0.2)
+    assert second.startswith(first[: max(0, len(first) - 2)])  # grows at the end (minus a held-back char)
+    page.locator("#sample-stop").click()
+    page.locator("#sample-status", has_text="Stopped").wait_for()
+    stopped = _output_text(page)
+    time.sleep(1.5)
+    assert _output_text(page) == stopped, "text kept coming after Stop"
+    assert "Done" not in page.locator("#sample-status").inner_text()
+
+    # The chart follows the sliders: top-k 3 leaves three tokens to sample from.
+    _set_number(page, "#sample-top-k", 3)
+    page.locator("#sample-chart-note", has_text="**3**").or_(
+        page.locator("#sample-chart-note", has_text="3 of 50,257")
+    ).first.wait_for()
+    page.screenshot(path=str(screenshot_dir / "sampling.png"), full_page=True)
+
+
+def _heatmap_state(page):
+    return page.evaluate(
+        """() => {
+          const plot = document.querySelector('#attn-heatmap .js-plotly-plot');
+          return plot && plot.data && plot.data[0].z
+            ? {title: plot.layout.title.text, z: JSON.stringify(plot.data[0].z)} : null;
+        }"""
+    )
+
+
+def _wait_heatmap_change(page, before, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        state = _heatmap_state(page)
+        if state and state != before:
+            return state
+        assert time.monotonic() < deadline, f"heatmap did not change from {before and before['title']}"
+        time.sleep(0.2)
+
+
+def test_attention_heatmap_follows_layer_and_head(app_server, runs_dir, page, screenshot_dir):
+    url = app_server(runs_dir)
+    _open_tab(page, url, "Attention")
+    expect(page.locator("#attn-model input")).to_have_value(re.compile("^micro-run"))
+    page.locator("#attn-run").click()
+    first = _wait_heatmap_change(page, None)
+    assert first["title"] == "Layer 0, head 0"
+    assert page.locator("#attn-chips .chip").count() > 10
+    assert page.locator("#attn-grid .cell").count() == 2 * 4
+
+    _set_number(page, "#attn-head", 2)  # the head selector
+    second = _wait_heatmap_change(page, first)
+    assert second["title"] == "Layer 0, head 2" and second["z"] != first["z"]
+
+    page.locator('#attn-grid .cell[data-layer="1"][data-head="3"]').click()  # the overview grid selects too
+    third = _wait_heatmap_change(page, second)
+    assert third["title"] == "Layer 1, head 3"
+    assert page.locator("#attn-layer input[type=number]").input_value() == "1"
+    assert page.locator("#attn-head input[type=number]").input_value() == "3"
+
+    page.locator("#attn-average input").check()
+    fourth = _wait_heatmap_change(page, third)
+    assert fourth["title"] == "Layer 1, mean over 4 heads"
+
+    # The induction probe: repeated random tokens, longer than micro's 32-token window -> a clear note.
+    page.locator("#attn-example").click()
+    page.locator("#attn-note", has_text="only the first").wait_for()
+    page.get_by_label("Induction score").check()
+    page.locator("#attn-summary-note", has_text="Highest").wait_for()
+    page.screenshot(path=str(screenshot_dir / "attention.png"), full_page=True)

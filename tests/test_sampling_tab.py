@@ -1,0 +1,240 @@
+"""The Sampling tab's callbacks (form -> core.sampling, streaming, next-token view) and the model list/cache
+shared with the Attention tab, on real checkpoints written to a temporary runs folder."""
+
+import json
+import os
+import re
+import time
+from html import unescape
+
+import pytest
+import torch
+
+from core.checkpoint import save_checkpoint
+from core.config import model_config
+from core.model import GPT
+from core.sampling import SamplingConfig, filter_probs, generate
+from playground import sampling_tab
+from playground.attention_tab import show_callback
+from playground.model_cache import (
+    CACHE,
+    ModelCache,
+    ModelError,
+    list_models,
+    private_view,
+    refresh_choices,
+    resolve_choice,
+)
+from playground.sampling_tab import build_config, generate_callback, preview_callback, run_generation, stop_callback
+
+
+def _save(runs, name, step, seed=0, **state):
+    torch.manual_seed(seed)
+    return save_checkpoint(runs / name, step, GPT(model_config("micro")), state=state)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    _save(runs, "older", 10, seed=1)
+    time.sleep(0.02)
+    _save(runs, "micro-run", 10, seed=2)
+    _save(runs, "micro-run", 20, seed=3)
+    (runs / "empty-run").mkdir()  # a run without checkpoints is not offered
+    return runs
+
+
+def _completions(html_text: str) -> list[str]:
+    return [unescape(t) for t in re.findall(r'<span class="completion">(.*?)</span>', html_text, re.S)]
+
+
+def _final(gen):
+    *_, last = gen
+    return last
+
+
+# --- form -> SamplingConfig ------------------------------------------------------------------------
+
+
+def test_build_config_maps_ui_conventions():
+    cfg = build_config(0.7, 0, 0.9, 50, 42, "END\n\\n\\n", True, 3)
+    assert cfg == SamplingConfig(
+        max_new_tokens=50, temperature=0.7, top_k=None, top_p=0.9, seed=42, stop=("END", "\n\n"), num_samples=3
+    )
+    assert build_config(1.0, 40, 1.0, 10, 1, "", False, 1).top_k == 40
+    greedy = build_config(0, 0, 1.0, 10, 1, "", True, 1)
+    assert greedy.greedy and greedy.top_k is None
+    # An empty seed means a fresh random one, chosen here so the UI can show (and reuse) it.
+    assert isinstance(build_config(1.0, 0, 1.0, 10, None, "", True, 1).seed, int)
+    assert build_config(1.0, 50257.0, 1.0, 10.0, 7.0, None, True, 1.0).top_k == 50257
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((-0.1, 0, 1.0, 10, 1, "", True, 1), "temperature"),
+        ((1.0, -1, 1.0, 10, 1, "", True, 1), "top-k"),
+        ((1.0, 60000, 1.0, 10, 1, "", True, 1), "top-k"),
+        ((1.0, 2.5, 1.0, 10, 1, "", True, 1), "top-k must be a whole number"),
+        ((1.0, 0, 0.0, 10, 1, "", True, 1), "top-p"),
+        ((1.0, 0, 1.0, 0, 1, "", True, 1), "max new tokens"),
+        ((1.0, 0, 1.0, None, 1, "", True, 1), "max new tokens"),
+        ((1.0, 0, 1.0, 10, -5, "", True, 1), "seed"),
+        ((1.0, 0, 1.0, 10, 1, "", True, 9), "number of samples"),
+    ],
+)
+def test_build_config_rejects_bad_values(args, message):
+    with pytest.raises(ValueError, match=message):
+        build_config(*args)
+
+
+# --- generation through the UI callback ----------------------------------------------------------
+
+
+def test_same_seed_same_text_through_the_callback(runs):
+    args = ("micro-run", "Hello there", 0.9, 0, 1.0, 12, 123, "", False, 2)
+    first = _final(generate_callback(runs, *args))
+    again = _final(generate_callback(runs, *args))
+    other = _final(generate_callback(runs, *args[:6], 124, *args[7:]))
+    texts = _completions(first[0])
+    assert len(texts) == 2 and all(texts) and texts == _completions(again[0])
+    assert texts != _completions(other[0])
+    assert first[1].startswith("Done") and "tokens/s" in first[1] and "first token after" in first[1]
+    # The UI shows exactly what core.sampling generates for the same settings.
+    model = CACHE.get(runs, "micro-run").model
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0.9, top_k=None, seed=123, stop_at_eot=False, num_samples=2)
+    assert texts == generate(model, "Hello there", cfg)
+
+
+def test_greedy_and_top_k_reach_core_sampling(runs):
+    model = CACHE.get(runs, "micro-run").model
+    greedy = _final(generate_callback(runs, "micro-run", "Once", 0, 5, 0.5, 12, 1, "", False, 1))
+    assert _completions(greedy[0]) == generate(model, "Once", SamplingConfig(max_new_tokens=12, temperature=0))
+    assert "top-k and top-p have no effect" in greedy[1]
+    top_k = _final(generate_callback(runs, "micro-run", "Once", 1.3, 3, 1.0, 12, 9, "", False, 1))
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.3, top_k=3, seed=9, stop_at_eot=False)
+    assert _completions(top_k[0]) == generate(model, "Once", cfg)
+
+
+def test_streaming_yields_growing_text(runs, monkeypatch):
+    monkeypatch.setattr(sampling_tab, "MIN_UPDATE_S", 0.0)  # one update per token
+    cfg = build_config(1.0, 0, 1.0, 15, 5, "", False, 1)
+    outs = list(run_generation(runs, "micro-run", "abc", cfg))
+    lengths = [len(_completions(o.html)[0]) for o in outs]
+    assert len(outs) == 16 and lengths == sorted(lengths) and lengths[-1] > lengths[0]
+    assert outs[0].status.startswith("Generating") and outs[-1].status.startswith("Done")
+    assert "reached max new tokens" in outs[-1].html
+
+
+def test_stop_ends_the_stream_early(runs, monkeypatch):
+    monkeypatch.setattr(sampling_tab, "MIN_UPDATE_S", 0.0)
+    gen = generate_callback(runs, "micro-run", "abc", 1.0, 0, 1.0, 500, 5, "", False, 1)
+    seen = [next(gen) for _ in range(4)]  # "Starting…" and three tokens
+    stop_callback(None)  # the Stop button of the same (here: local) session
+    rest = list(gen)
+    html_text, status = rest[-1]
+    assert len(rest) <= 2 and status.startswith("Stopped") and "stopped" in html_text
+    assert len(_completions(html_text)[0]) >= 3 and len(_completions(seen[-1][0])[0]) <= len(_completions(html_text)[0])
+    assert not sampling_tab._STOP_FLAGS  # the flag is gone once the run ended
+
+
+def test_prompt_longer_than_the_context_window(runs):
+    long_prompt = " word" * 100  # 100 tokens; micro's context window is 32
+    html_text, status = _final(generate_callback(runs, "micro-run", long_prompt, 1.0, 0, 1.0, 40, 1, "", False, 1))
+    assert len(_completions(html_text)[0]) > 0
+    assert "longer than the context window (32)" in status and "slid" in status
+
+
+def test_bad_input_and_missing_model_give_messages(runs, tmp_path):
+    outs = list(generate_callback(runs, "micro-run", "x", 1.0, -3, 1.0, 10, 1, "", True, 1))
+    assert len(outs) == 1 and outs[0][1].startswith("⚠") and "top-k" in outs[0][1]
+    outs = list(generate_callback(tmp_path, None, "x", 1.0, 0, 1.0, 10, 1, "", True, 1))
+    assert "no model selected" in outs[-1][1]
+    outs = list(generate_callback(runs, "../../etc", "x", 1.0, 0, 1.0, 10, 1, "", True, 1))
+    assert "outside the runs folder" in outs[-1][1]
+    _, note, _ = preview_callback(runs, "gone-run", "x", 1.0, 0, 1.0, -1)
+    assert "no longer exists" in note
+
+
+# --- next-token view -----------------------------------------------------------------------------
+
+
+def test_preview_shows_the_filtered_distribution(runs):
+    fig, note, chips = preview_callback(runs, "micro-run", "The quick brown fox", 0.8, 5, 1.0, -1)
+    model, raw_bars, final_bars = CACHE.get(runs, "micro-run").model, fig.data[0], fig.data[1]
+    assert "**5** of 50,257 tokens" in note and "the end of the prompt" in note
+    tokens = sampling_tab.prompt_tokens("The quick brown fox")
+    with torch.no_grad():
+        logits = model(torch.tensor([tokens]))[0][0, -1]
+    expected = filter_probs(logits[None], SamplingConfig(temperature=0.8, top_k=5))[0]
+    assert sorted(final_bars.x, reverse=True)[:5] == pytest.approx(expected.topk(5).values.tolist(), abs=1e-6)
+    assert sum(final_bars.x) == pytest.approx(1.0, abs=1e-5) and len(raw_bars.x) == sampling_tab.TOP_BARS
+    assert chips.count("data-pos=") == len(tokens) and 'class="chip selected" data-pos="3"' in chips
+    # A position inside the prompt: the distribution after "The" and the token that really follows.
+    _, note, chips = preview_callback(runs, "micro-run", "The quick brown fox", 0, 0, 1.0, 0)
+    assert "token 0" in note and "quick" in note and 'class="chip selected" data-pos="0"' in chips
+    assert "**1** of 50,257" in note  # greedy keeps one token
+
+
+# --- model list and cache ------------------------------------------------------------------------
+
+
+def test_list_models_offers_runs_with_weights(runs):
+    choices = list_models(runs)
+    values = [v for _, v in choices]
+    assert values == ["micro-run", "micro-run/ckpt/step-000010", "older"]
+    assert choices[0][0].startswith("micro-run · latest (step 20)") and "2 layers × 2 heads" in choices[0][0]
+    assert resolve_choice(runs, "micro-run").name == "step-000020"
+    assert resolve_choice(runs, "micro-run/ckpt/step-000010").name == "step-000010"
+
+
+def test_list_models_marks_training_and_imported_runs(tmp_path):
+    _save(tmp_path, "training", 5)
+    (tmp_path / "training" / "status.json").write_text(json.dumps({"state": "running"}))
+    _save(tmp_path, "gpt2-import", 0, imported=True, source="gpt2")
+    labels = dict((v, label) for label, v in list_models(tmp_path))
+    assert "training…" in labels["training"] and "imported from gpt2" in labels["gpt2-import"]
+    # A still-training run is followed: its entry loads the newest checkpoint once one appears.
+    cache = ModelCache(max_models=2)
+    assert cache.get(tmp_path, "training").step == 5
+    _save(tmp_path, "training", 15)
+    assert cache.get(tmp_path, "training").step == 15
+
+
+def test_no_checkpoint_message(tmp_path):
+    choices, value, message = refresh_choices(tmp_path, "whatever")
+    assert choices == [] and value is None
+    assert "No checkpoint" in message and "Train" in message and "Import GPT-2" in message
+    assert refresh_choices(tmp_path / "missing", None)[0] == []
+    html_out = show_callback(tmp_path, None, "some text", 0, 0, False, "Entropy")
+    assert "no model selected" in html_out[0]
+
+
+def test_model_cache_is_lru_and_reloads_resaved_weights(tmp_path):
+    for name in "abcd":
+        _save(tmp_path, name, 1)
+    cache = ModelCache(max_models=3, device="cpu")
+    a = cache.get(tmp_path, "a")
+    assert cache.get(tmp_path, "a") is a  # a hit: not reloaded
+    cache.get(tmp_path, "b")
+    cache.get(tmp_path, "c")
+    cache.get(tmp_path, "a")  # a becomes the most recently used
+    cache.get(tmp_path, "d")  # evicts b, the least recently used
+    assert [os.path.basename(os.path.dirname(os.path.dirname(k[0]))) for k in cache.keys()]  # noqa: SIM118 == ["c", "a", "d"]
+    # A checkpoint re-saved in place (same folder, new weights) is loaded again, not served stale.
+    time.sleep(0.01)
+    _save(tmp_path, "a", 1, seed=9)
+    assert cache.get(tmp_path, "a") is not a and len(cache.keys()) == 3
+    with pytest.raises(ModelError, match="outside the runs folder"):
+        cache.get(tmp_path, "../a")
+
+
+def test_private_view_shares_weights_not_caches():
+    model = GPT(model_config("micro")).eval()
+    view = private_view(model)
+    assert (
+        view.transformer.wte.weight is model.transformer.wte.weight
+        and view.lm_head.weight is view.transformer.wte.weight
+    )
+    view.setup_cache(1)
+    assert all(b.attn.kv_cache is None for b in model.transformer.h)

@@ -1,0 +1,219 @@
+"""The trainer: gradient accumulation, the CLI (real subprocesses), metrics, bad input, failures."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core import distributed as D
+from core.config import TrainConfig
+from core.metrics import read_all
+from core.train import Plan, StopFlag, Trainer, build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = str(ROOT / "data" / "cache")
+MICRO = ["--preset", "micro", "--data-cache", CACHE, "--eval-batches", "2", "--warmup-steps", "2"]
+
+
+def train(args, runs, timeout=300, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "core.train", "--runs-dir", str(runs), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def records(run_dir, kind):
+    return [r for r in read_all(Path(run_dir) / "metrics.jsonl") if r["kind"] == kind]
+
+
+def test_every_config_field_is_a_flag():
+    parser = build_parser()
+    flags = {a.dest for a in parser._actions}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= flags
+    args = parser.parse_args(
+        [
+            "--max-steps",
+            "7",
+            "--no-pad-vocab",
+            "--compile",
+            "--seq-len",
+            "none",
+            "--min-lr",
+            "1e-5",
+            "--extra",
+            '{"a": 1}',
+        ]
+    )
+    assert (args.max_steps, args.pad_vocab, args.compile, args.seq_len, args.min_lr, args.extra) == (
+        7,
+        False,
+        True,
+        None,
+        1e-5,
+        {"a": 1},
+    )
+    assert not hasattr(args, "lr")  # flags not given leave the config file's value alone
+
+
+def _trainer(tmp_path, **kw):
+    cfg = TrainConfig(
+        preset="micro", data_cache=CACHE, seq_len=32, runs_dir=str(tmp_path), run_name="ga", device="cpu", **kw
+    )
+    return Trainer(Plan(cfg, tmp_path / "ga", None), D.setup("cpu"), StopFlag(), None)
+
+
+def test_grad_accumulation_equals_one_big_batch(tmp_path):
+    big = _trainer(tmp_path, batch_size=8)  # 1 micro-batch of 8
+    small = _trainer(tmp_path, batch_size=4, total_batch_tokens=8 * 32)  # 2 micro-batches of 4
+    assert (big.accum, small.accum) == (1, 2)
+    for _ in range(2):  # the second step also checks that both advance the data the same way
+        loss_big, loss_small = big.accumulate_gradients(), small.accumulate_gradients()
+        assert loss_small == pytest.approx(loss_big, rel=1e-5)
+        for (name, a), b in zip(big.model.named_parameters(), small.model.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+        big.apply_gradients()
+        small.apply_gradients()
+    assert big.position == 2 and small.position == 4  # same sequences, counted in micro-batches
+
+
+def test_tiny_model_learns_shakespeare(tmp_path):
+    # ~25 s of CPU: from ln(50257) = 10.8 nats the loss falls to ~6.5-7 in 30 steps (word frequencies);
+    # assert with a wide margin so a loaded machine or another seed never flakes.
+    args = [
+        "--preset",
+        "tiny",
+        "--data-cache",
+        CACHE,
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "32",
+        "--max-steps",
+        "30",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "5",
+        "--eval-interval",
+        "30",
+        "--eval-batches",
+        "4",
+        "--ckpt-interval",
+        "0",
+        "--sample-interval",
+        "30",
+        "--sample-tokens",
+        "8",
+        "--run-name",
+        "learn",
+    ]
+    out = train(args, tmp_path)
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "learn"
+    losses = [r["loss"] for r in records(run, "train")]
+    assert len(losses) == 30 and losses[0] > 10.0
+    assert sum(losses[-5:]) / 5 < 8.0
+    assert records(run, "eval")[-1]["val_loss"] < 8.0
+    # the run folder and metrics follow the documented schema
+    start, end = records(run, "status")[0], records(run, "status")[-1]
+    assert start["state"] == "running" and start["step"] == 0 and start["total_steps"] == 30
+    assert start["world_size"] == 1 and start["grad_accum"] == 1 and start["tokens_per_step"] == 256
+    assert end["state"] == "done"
+    rec = records(run, "train")[-1]
+    assert rec["step"] == 30 and rec["tokens"] == 30 * 256 and rec["mfu"] is None
+    for key in ("lr", "grad_norm", "dt", "tok_per_s", "elapsed", "eta_s", "mem_mb", "total_steps"):
+        assert rec[key] is not None, key
+    assert records(run, "sample")[0]["step"] == 30
+    assert TrainConfig.from_json(run / "config.json").max_steps == 30
+    assert "core.train" in (run / "command.txt").read_text()
+    assert (run / "ckpt" / "latest").read_text().strip() == "step-000030"
+    assert "step 30/30 | loss" in out.stdout and "tok/s" in out.stdout and "eta" in out.stdout
+
+
+def test_job_layer_config_is_used_and_kept(tmp_path):
+    run = tmp_path / "job"
+    run.mkdir()
+    cfg = TrainConfig(
+        preset="micro",
+        data_cache=CACHE,
+        batch_size=2,
+        max_steps=2,
+        eval_interval=0,
+        ckpt_interval=0,
+        run_name="job",
+        runs_dir=str(tmp_path),
+    )
+    cfg.to_json(run / "config.json")
+    (run / "command.txt").write_text("launched by the job layer\n")
+    before = (run / "config.json").read_text()
+    out = train(["--config", str(run / "config.json")], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (run / "config.json").read_text() == before
+    assert (run / "command.txt").read_text() == "launched by the job layer\n"
+    assert [r["step"] for r in records(run, "train")] == [1, 2]
+    again = train(["--config", str(run / "config.json")], tmp_path)  # same run twice: refused, nothing lost
+    assert again.returncode == 2 and "--resume job" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "/nonexistent/corpus.txt"], "not found"),
+        (["--batch-size", "3", "--total-batch-tokens", "100"], "must be a multiple of"),
+        (["--run-name", "../escape"], "run name"),
+        (["--data", "{short}"], "fewer than one batch"),
+        (["--data", "{empty}"], "is empty"),
+        (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path, args, message):
+    (tmp_path / "short.txt").write_text("too short for a batch " * 5)
+    (tmp_path / "empty.txt").write_text("")
+    args = [a.format(short=tmp_path / "short.txt", empty=tmp_path / "empty.txt") for a in args]
+    out = train([*MICRO, "--max-steps", "2", "--run-name", "bad", *args], tmp_path, timeout=120)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    status = tmp_path / "bad" / "metrics.jsonl"
+    if status.exists():  # once the run folder is known the failure is recorded there too
+        assert records(tmp_path / "bad", "status")[-1]["state"] == "failed"
+
+
+def test_diverging_loss_fails_and_keeps_the_last_checkpoint(tmp_path):
+    out = train(
+        [
+            *MICRO,
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "40",
+            "--lr",
+            "1e4",
+            "--warmup-steps",
+            "0",
+            "--grad-clip",
+            "0",
+            "--ckpt-interval",
+            "1",
+            "--eval-interval",
+            "0",
+            "--run-name",
+            "nan",
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 1, out.stdout[-2000:]
+    status = records(tmp_path / "nan", "status")[-1]
+    assert status["state"] == "failed" and "loss became" in status["message"] and "--lr" in status["message"]
+    step = status["step"]
+    saved = sorted(p.name for p in (tmp_path / "nan" / "ckpt").glob("step-*"))
+    assert saved[-1] == f"step-{step - 1:06d}"  # the diverged step is never saved
+    latest = json.loads((tmp_path / "nan" / "ckpt" / saved[-1] / "state.json").read_text())
+    assert latest["step"] == step - 1

@@ -1,0 +1,310 @@
+"""UI callbacks without a browser: form validation, command preview, figures from real metrics files, models tab."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import torch
+
+import app
+from core import jobs as jobs_cli
+from core.checkpoint import list_checkpoints, save_checkpoint
+from core.config import TrainConfig, model_config
+from core.jobs import JobStatus
+from core.metrics import MetricsWriter, read_all
+from core.model import GPT
+from playground import figures, models_tab, monitor_tab, train_tab
+from playground.train_tab import DEFAULTS, FieldError, form_to_config
+
+
+def form(**overrides):
+    return {**DEFAULTS, **overrides}
+
+
+# ----- Train tab: parameter count, validation next to the field, command preview ---------------------------------
+
+
+@pytest.mark.parametrize("preset", ["micro", "tiny"])
+def test_param_count_matches_the_model(preset):
+    mc = model_config(preset)
+    assert train_tab.param_count(mc) == GPT(mc).num_params()
+
+
+def test_param_counts_of_the_gpt2_family_without_building_them():
+    # The published Hugging Face parameter counts of GPT-2 small, medium, large and XL.
+    expected = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200}
+    assert {p: train_tab.param_count(model_config(p)) for p in expected} == expected
+    assert train_tab.preset_summary("gpt2").startswith("124M parameters · 12 layers · 12 heads")
+
+
+def test_defaults_make_a_valid_cpu_config(tmp_path):
+    cfg = form_to_config(form(), tmp_path)
+    assert (cfg.preset, cfg.device, cfg.nproc, cfg.data) == ("tiny", "cpu", 1, "shakespeare")
+    assert "**2,048 tokens / step**" in train_tab.batch_summary(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "words"),
+    [
+        ({"total_batch_tokens": 3000}, "total_batch_tokens", "must be a multiple of"),
+        ({"seq_len": 4096}, "seq_len", "block_size"),
+        ({"min_lr": 0.5}, "min_lr", "between 0 and lr"),
+        ({"lr": 0}, "lr", "lr must be > 0"),
+        ({"batch_size": None}, "batch_size", "is empty"),
+        ({"run_name": "../escape"}, "run_name", "contains '/'"),
+        ({"data_source": "local", "data_path": "/no/such/corpus.txt"}, "data_path", "not found"),
+        ({"data_source": "local", "data_path": ""}, "data_path", "empty"),
+        ({"data_source": "hf", "hf_dataset": ""}, "hf_dataset", "empty"),
+        ({"device": "cpu-ddp", "nproc": 1}, "nproc", "2 to 64"),
+    ],
+)
+def test_invalid_settings_name_their_field(tmp_path, overrides, field, words):
+    with pytest.raises(FieldError) as e:
+        form_to_config(form(**overrides), tmp_path)
+    assert e.value.field == field
+    assert words in str(e.value)
+
+
+def test_batch_tokens_error_suggests_a_fix_and_accumulation_is_shown(tmp_path):
+    with pytest.raises(FieldError, match=r"try 4096"):
+        form_to_config(form(total_batch_tokens=5000), tmp_path)
+    cfg = form_to_config(form(total_batch_tokens=8192, device="cpu-ddp", nproc=2), tmp_path)
+    assert cfg.grad_accum_steps(2) == 2
+    summary = train_tab.batch_summary(cfg)
+    assert "**2** accumulation steps" in summary and "× 2 processes" in summary and "8,192 tokens / step" in summary
+
+
+def test_local_data_path_is_accepted(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be\n" * 50)
+    assert form_to_config(form(data_source="local", data_path=str(corpus)), tmp_path).data == str(corpus)
+    cfg = form_to_config(form(data_source="hf", hf_dataset="roneneldan/TinyStories", hf_config=""), tmp_path)
+    assert (cfg.data, cfg.data_config, cfg.data_token_budget) == ("hf:roneneldan/TinyStories", None, 10_000_000)
+
+
+def test_command_preview_is_the_launch_command(tmp_path):
+    cfg = form_to_config(form(run_name="ddp-run", device="cpu-ddp", nproc=2, preset="micro", seq_len=32), tmp_path)
+    text = train_tab.command_preview(cfg, tmp_path)
+    exact = train_tab.jobs_for(tmp_path).command_line(cfg)
+    assert exact in text
+    assert "torch.distributed.run" in exact and "--nproc_per_node=2" in exact
+    assert str(tmp_path / "ddp-run" / "config.json") in exact
+
+
+def test_terminal_line_reproduces_the_same_launch(tmp_path):
+    cfg = form_to_config(form(run_name="term", preset="micro", seq_len=32, max_steps=7, lr=3e-4), tmp_path)
+    flags = train_tab.cli_flags(cfg)
+    assert "--preset" in flags and "--max-steps" in flags and "--runs-dir" not in flags
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert jobs_cli.main(["--runs-dir", str(tmp_path), "launch", *flags, "--dry-run"]) == 0
+    assert out.getvalue().strip() == train_tab.jobs_for(tmp_path).command_line(cfg)
+
+
+def test_field_updates_mark_only_the_bad_field():
+    infos = {"lr": "Peak", "batch_size": "Per process"}
+    ups = train_tab._field_updates(infos, FieldError("lr", "lr must be > 0"), "micro")
+    by_name = dict(zip(train_tab.FIELDS, ups))
+    assert by_name["preset"]["info"].startswith("1.63M parameters · 2 layers")
+    assert by_name["lr"]["elem_classes"] == ["field-error"] and "lr must be > 0" in by_name["lr"]["info"]
+    assert by_name["batch_size"]["elem_classes"] == [] and by_name["batch_size"]["info"] == "Per process"
+
+
+# ----- figures from a real metrics file ----------------------------------------------------------------------------
+
+
+def write_run(path: Path, steps: int, base: float = 5.0, eval_every: int = 10, t0: float = 0.0) -> list[dict]:
+    w = MetricsWriter(path)
+    w.write("status", state="running", step=0, total_steps=steps)
+    for s in range(1, steps + 1):
+        loss = base * math.exp(-s / steps) + 0.1 * math.sin(s)
+        w.write(
+            "train",
+            step=s,
+            total_steps=steps,
+            tokens=s * 256,
+            loss=loss,
+            lr=1e-3,
+            grad_norm=1.0 / s,
+            tok_per_s=1000.0,
+            mfu=None,
+            elapsed=float(s),
+        )
+        if s % eval_every == 0:
+            w.write("eval", step=s, val_loss=loss + 0.2)
+    w.write("sample", step=steps, text="ROMEO: hello")
+    w.close()
+    return read_all(path)
+
+
+def test_ema_is_tensorboards_debiased_average():
+    assert figures.ema([2.0, 4.0], 0.0) == [2.0, 4.0]
+    out = figures.ema([2.0, None, 4.0], 0.5)
+    assert out[0] == pytest.approx(2.0)  # debiasing: the first point is the raw value, not 2 * (1 - s)
+    assert out[1] is None
+    assert out[2] == pytest.approx((0.5 * 0.5 * 2 + 0.5 * 4) / (1 - 0.25))
+    with pytest.raises(ValueError):
+        figures.ema([1.0], 1.0)
+
+
+def test_loss_figure_from_metrics_file(tmp_path):
+    records = write_run(tmp_path / "metrics.jsonl", 50)
+    fig = figures.loss_figure({"run": records}, smoothing=0.6)
+    raw, smooth, val = fig.data
+    assert len(raw.x) == 50 and raw.opacity < 0.5
+    expected = figures.ema([r["loss"] for r in records if r["kind"] == "train"], 0.6)
+    assert list(smooth.y) == pytest.approx(expected)
+    assert list(val.x) == [10, 20, 30, 40, 50] and val.mode == "lines+markers"
+    assert fig.layout.uirevision == "loss" and fig.layout.yaxis.type == "linear"
+    assert figures.loss_figure({"run": records}, log_y=True).layout.yaxis.type == "log"
+
+
+def test_x_axis_tokens_and_time(tmp_path):
+    records = write_run(tmp_path / "metrics.jsonl", 20)
+    fig = figures.loss_figure({"run": records}, x_axis="tokens")
+    assert list(fig.data[2].x) == [10 * 256, 20 * 256]  # eval points placed at the tokens of their step
+    assert fig.layout.xaxis.title.text == "Tokens"
+    fig = figures.loss_figure({"run": records}, x_axis="time")
+    assert all(x >= 0 for x in fig.data[0].x) and fig.layout.xaxis.title.text == "Wall time (min)"
+
+
+def test_downsampling_keeps_first_last_and_spikes():
+    n = 20_000
+    values = [1.0] * n
+    values[12_345] = 50.0  # a loss spike must survive thinning
+    keep = figures.downsample_indices(n, 500, values)
+    assert keep[0] == 0 and keep[-1] == n - 1 and 12_345 in keep and len(keep) <= 500
+    assert figures.downsample_indices(10, 500) == list(range(10))
+
+
+def test_long_run_draws_few_points_but_keeps_the_data(tmp_path):
+    records = write_run(tmp_path / "metrics.jsonl", 5000, eval_every=1000)
+    fig = figures.loss_figure({"run": records}, max_points=400)
+    assert len(fig.data[0].x) <= 400 and fig.data[0].x[0] == 1 and fig.data[0].x[-1] == 5000
+    assert sum(r["kind"] == "train" for r in records) == 5000
+
+
+def test_comparing_two_runs(tmp_path):
+    a = write_run(tmp_path / "a.jsonl", 30, base=5.0)
+    b = write_run(tmp_path / "b.jsonl", 20, base=4.0)
+    fig = figures.loss_figure({"a": a, "b": b})
+    names = [t.name for t in fig.data]
+    assert "a loss" in names and "b loss" in names and "a val" in names and "b val" in names
+    colors = {t.legendgroup: t.line.color for t in fig.data}
+    assert colors["a"] != colors["b"]
+    health = figures.health_figure({"a": a, "b": b})
+    titles = [ann.text for ann in health.layout.annotations]
+    assert titles == ["Learning rate", "Gradient norm", "Tokens / s"]  # no MFU panel: the trainer did not know it
+
+
+def test_health_figure_shows_mfu_in_percent_when_known(tmp_path):
+    w = MetricsWriter(tmp_path / "m.jsonl")
+    for s in (1, 2):
+        w.write("train", step=s, tokens=s, loss=3.0, lr=1e-3, grad_norm=1.0, tok_per_s=10.0, mfu=0.42)
+    w.close()
+    fig = figures.health_figure({"r": read_all(tmp_path / "m.jsonl")})
+    assert fig.layout.annotations[-1].text == "MFU (%)"
+    assert list(fig.data[-1].y) == pytest.approx([42.0, 42.0])
+
+
+def test_empty_run_gets_a_message_not_an_empty_axis():
+    fig = figures.loss_figure({"run": []})
+    assert "No loss yet" in fig.layout.annotations[0].text
+
+
+# ----- Monitor tab: incremental reading, status card ----------------------------------------------------------------
+
+
+def test_monitor_reads_only_new_lines(tmp_path):
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(TrainConfig(run_name="r1").to_dict()))
+    w = MetricsWriter(run / "metrics.jsonl")
+    for s in range(3):
+        w.write("train", step=s, loss=1.0)
+    cache = monitor_tab.MonitorCache()
+    records, new = monitor_tab.read_runs(tmp_path, cache, ["r1"])
+    assert new == 3 and len(records["r1"]) == 3
+    w.write("train", step=3, loss=1.0)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "st')  # a record being written: left for the next tick
+    records, new = monitor_tab.read_runs(tmp_path, cache, ["r1"])
+    assert new == 1 and [r["step"] for r in records["r1"]] == [0, 1, 2, 3]
+    _, new = monitor_tab.read_runs(tmp_path, cache, ["r1", "missing-run"])
+    assert new == 0
+
+
+def test_status_card():
+    st = JobStatus(
+        name="r<1>",
+        state="failed",
+        step=50,
+        total_steps=200,
+        tokens=12800,
+        loss=2.5,
+        val_loss=2.7,
+        tok_per_s=1234.0,
+        elapsed=75,
+        message="CUDA out of memory <boom>",
+    )
+    html = monitor_tab.status_html(st)
+    assert "data-state='failed'" in html and "50 / 200" in html and "width:25.0%" in html
+    assert "&lt;boom&gt;" in html and "r&lt;1&gt;" in html and "1m 15s" in html and "2.7000" in html
+    assert "No run selected" in monitor_tab.status_html(None)
+    assert monitor_tab.last_sample([{"kind": "sample", "step": 9, "text": "hi"}]) == "[step 9]\nhi"
+
+
+# ----- Models tab: list, export, import, delete (real checkpoints and files) ----------------------------------------
+
+
+def test_models_tab_list_export_import_delete(tmp_path):
+    runs = tmp_path / "runs"
+    torch.manual_seed(0)
+    model = GPT(model_config("micro"))
+    save_checkpoint(runs / "mine", 10, model, {"val_loss": 3.25})
+    TrainConfig(run_name="mine", preset="micro").to_json(runs / "mine" / "config.json")
+    rows = models_tab.checkpoint_rows(runs)
+    assert rows[0][:6] == ["mine", "done", "micro", "step-000010", 10, "3.2500"] and rows[0][6].endswith(" MB")
+
+    ckpt = str(list_checkpoints(runs / "mine")[-1])
+    assert models_tab.checkpoint_choices(runs) == [("mine / step-000010", ckpt)]
+    msg = models_tab.export_checkpoint(runs, ckpt, "")
+    out = runs / "mine" / "hf-step-000010"
+    assert msg.startswith("✅") and (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert models_tab.export_checkpoint(runs, str(tmp_path), "").startswith("⚠")  # not a checkpoint of a run
+
+    msg, path = models_tab.import_model(runs, str(out), "reimported")
+    assert msg.startswith("✅") and path == runs / "reimported"
+    assert {r[0] for r in models_tab.checkpoint_rows(runs)} == {"mine", "reimported"}
+    msg, path = models_tab.import_model(runs, "no-such-org/no-such-model", "x")
+    assert path is None and "Import failed" in msg and "offline" in msg
+    assert "already exists" in models_tab.import_model(runs, str(out), "reimported")[0]
+
+    assert "Not deleted" in models_tab.delete_run(runs, "../outside")
+    assert models_tab.delete_run(runs, "reimported").startswith("🗑")
+    assert not (runs / "reimported").exists() and (runs / "mine").exists()
+
+
+# ----- app.py flags -------------------------------------------------------------------------------------------------
+
+
+def test_app_flags_and_exposure_warning():
+    args = app.parse_args([])
+    assert (args.host, args.port, args.runs_dir, args.share, args.auth) == (
+        "127.0.0.1",
+        7860,
+        "checkpoints",
+        False,
+        None,
+    )
+    assert app.exposure_warning(args) is None
+    assert "without --auth" in app.exposure_warning(app.parse_args(["--host", "0.0.0.0"]))
+    assert "public share link" in app.exposure_warning(app.parse_args(["--share"]))
+    assert app.exposure_warning(app.parse_args(["--host", "0.0.0.0", "--auth", "a:b"])) is None
+    with pytest.raises(SystemExit):
+        app.parse_args(["--auth", "no-colon"])
