@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,19 +28,23 @@ from core.model import GPT  # noqa: E402
 from core.sampling import SamplingConfig, generate_tokens  # noqa: E402
 
 
-def timed(fn, device: str, repeats: int) -> tuple[float, list[int]]:
-    """Median seconds over repeats after one warm-up, and the tokens of the last run."""
-    out = fn()
-    times = []
+def timed(fns: dict[str, Callable[[], list[int]]], device: str, repeats: int) -> dict[str, tuple[float, list[int]]]:
+    """Median seconds per contender over repeats after one warm-up each, and its tokens.
+
+    Contenders take turns within each repeat, so a load change on a shared machine hits all of them.
+    """
+    out = {name: fn() for name, fn in fns.items()}  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for name, fn in fns.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out[name] = fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (statistics.median(times[name]), out[name]) for name in fns}
 
 
 def main() -> None:
@@ -83,15 +88,16 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{args.preset} fp32 on {name}, batch 1, prompt {args.prompt_tokens}, {n} new tokens, greedy")
     print(f"logits max abs diff vs transformers: {diff:.2e}")
-    t_ours, tok_ours = timed(run_ours, device, args.repeats)
-    t_hf, tok_hf = timed(run_hf, device, args.repeats)
-    rows = [("ours, KV cache", t_ours), ("transformers generate", t_hf)]
+    fns = {"ours, KV cache": run_ours, "transformers generate": run_hf}
     if not args.skip_recompute:
-        rows.append(("ours, no cache", timed(lambda: run_ours(False), device, args.repeats)[0]))
+        fns["ours, no cache"] = lambda: run_ours(False)
+    results = timed(fns, device, args.repeats)
+    t_ours, tok_ours = results["ours, KV cache"]
+    t_hf, tok_hf = results["transformers generate"]
     print(f"greedy tokens identical: {tok_ours == tok_hf}")
-    print(f"{'':24}{'tokens/s':>10}{'ms/token':>10}{'ours is':>10}")
-    for label, t in rows:
-        print(f"{label:24}{n / t:10.1f}{1000 * t / n:10.2f}{t / t_ours:9.2f}x")
+    print(f"{'':24}{'tokens/s':>10}{'ms/token':>10}{'time vs ours':>14}")
+    for label, (t, _) in results.items():
+        print(f"{label:24}{n / t:10.1f}{1000 * t / n:10.2f}{t / t_ours:13.2f}x")
     print(f"ratio ours / transformers: {t_hf / t_ours:.2f}x (target >= 1.0)")
 
 

@@ -55,8 +55,12 @@ def pick_device(pref: str, local_rank: int = 0) -> torch.device:
     return torch.device(pref)
 
 
-def setup(device_pref: str = "auto", timeout_s: float = 600) -> DistContext:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this rank's device."""
+def setup(device_pref: str = "auto", timeout_s: float = 1800) -> DistContext:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this rank's device.
+
+    timeout_s bounds how long a collective waits (e.g. ranks waiting while local rank 0 tokenizes a
+    corpus); a crashed peer is noticed sooner, by its closed connection.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

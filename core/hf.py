@@ -20,7 +20,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from core.config import GPT2_VOCAB_SIZE, EOT_TOKEN, PRESETS, ModelConfig, TrainConfig
+from core.config import EOT_TOKEN, GPT2_VOCAB_SIZE, PRESETS, ModelConfig, TrainConfig
 from core.model import GPT, clean_state_dict, load_clean_state_dict, unwrap_model
 
 CONV1D_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
@@ -72,7 +72,7 @@ def hf_model_config(hf: dict[str, Any]) -> ModelConfig:
         (not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx is true"),
         (
             int(hf.get("vocab_size", GPT2_VOCAB_SIZE)) == GPT2_VOCAB_SIZE,
-            f"vocab_size {hf.get('vocab_size')} is not GPT-2's {GPT2_VOCAB_SIZE} (this project uses the GPT-2 tokenizer)",
+            f"vocab_size {hf.get('vocab_size')} is not GPT-2's {GPT2_VOCAB_SIZE} (the tokenizer here is GPT-2's)",
         ),
     ]
     for ok, problem in checks:

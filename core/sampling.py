@@ -8,9 +8,10 @@ block_size // 2 new tokens (about one extra forward per token, amortized) while 
 sees at least half a window of context. keep = block_size - 1 gives the most context but rebuilds
 on every token (as slow as recomputing without a cache).
 
-Each stream owns its caches and attaches them only for the duration of one forward call, under a
-per-model lock, so several streams (e.g. two browser tabs) can share one loaded model safely and a
-model is never left with a cache attached.
+Each stream owns its caches and attaches them (and, for a prefill, a hook that skips the head on all
+but the last position) only for the duration of one forward call, under model_lock(model), so several
+streams (e.g. two browser tabs) can share one loaded model and a model is never left with a cache
+attached. Other code running forwards on the same module tree at the same time should hold that lock.
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ def filter_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return probs if ids is None else torch.zeros_like(logits).scatter_(-1, ids, probs)
 
 
-def _choose(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _choose(
+    logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next token per row (B,), and the filtered probabilities when candidates are reported."""
     shown = filter_probs(logits, cfg) if cfg.top_candidates else None
     if cfg.greedy:
@@ -198,7 +201,8 @@ _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDi
 _LOCKS_GUARD = threading.Lock()
 
 
-def _model_lock(model: nn.Module) -> threading.Lock:
+def model_lock(model: nn.Module) -> threading.Lock:
+    """The lock core.sampling holds while it runs a forward on this model (with its caches attached)."""
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(model, threading.Lock())
 
@@ -245,7 +249,7 @@ class _Decoder:
         """Last-position logits (B, V), with this decoder's caches attached only for this call."""
         model = self.model
         blocks = [b.attn for b in model.transformer.h]
-        with _model_lock(model):
+        with model_lock(model):
             previous = [a.kv_cache for a in blocks]
             was_training = model.training
             if was_training:

@@ -47,6 +47,7 @@ from core.checkpoint import (
 )
 from core.config import EOT_TOKEN, ConfigError, ModelConfig, TrainConfig
 from core.data import BatchLoader, DataError, prepare_for
+from core.hf import HFError
 from core.metrics import MetricsWriter
 from core.model import GPT, load_clean_state_dict, unwrap_model
 from core.optim import make_optimizer, schedule
@@ -194,11 +195,15 @@ def plan_run(args: argparse.Namespace, ctx: D.DistContext) -> Plan:
         run_dir = find_run(args.resume, overrides.get("runs_dir", TrainConfig.runs_dir))
         try:
             ckpt = resolve_checkpoint(run_dir)
-            saved = read_state(ckpt).get("train_config")
+            state = read_state(ckpt)
         except CheckpointError as e:
             raise ConfigError(f"cannot resume {run_dir}: {e}") from e
-        base = saved if saved is not None else _config_dict(run_dir / "config.json")
+        base = state.get("train_config") or _config_dict(run_dir / "config.json")
         cfg = TrainConfig.from_dict({**base, **overrides, "run_name": run_dir.name, "runs_dir": str(run_dir.parent)})
+        if cfg.total_batch_tokens is None:
+            # Pin the total batch the run was trained with, so resuming on another number of processes
+            # changes the accumulation, not the batch.
+            cfg.total_batch_tokens = state.get("tokens_per_step")
         return Plan(cfg, run_dir, ckpt)
     base = _config_dict(Path(args.config)) if args.config else {}
     cfg = TrainConfig.from_dict({**base, **overrides})
@@ -252,23 +257,18 @@ def _init_model(cfg: TrainConfig, log: Any) -> GPT:
     """scratch: a fresh GPT of the config's preset; otherwise the weights of a checkpoint or HF GPT-2."""
     if cfg.init_from == "scratch":
         return GPT(cfg.model_config())
-    source = Path(cfg.init_from)
-    if source.exists() and (source / "config.json").is_file() and not (source / "ckpt").is_dir():
-        from core.hf import load_hf_gpt2  # an HF folder (config.json + weights) rather than a run
+    from core import hf
 
-        model = load_hf_gpt2(str(source))
-    elif source.exists():
+    source = Path(cfg.init_from)
+    if source.exists() and not hf.is_hf_folder(source):  # one of our runs or checkpoints
         ck = load_checkpoint(source, with_optimizer=False)
         model = GPT(dataclasses.replace(ck.model_config, dropout=cfg.dropout))
         load_clean_state_dict(model, ck.model_state)
-        log(f"initialized from checkpoint {ck.path} (fresh optimizer)")
+        log(f"initialized from checkpoint {ck.path} (weights only, fresh optimizer)")
         return model
-    else:
-        from core.hf import load_hf_gpt2  # a hub id such as "gpt2"
-
-        model = load_hf_gpt2(cfg.init_from)
+    model = hf.load_hf_gpt2(cfg.init_from)  # a Hugging Face folder or hub id such as "gpt2"
     log(f"initialized from Hugging Face GPT-2 {cfg.init_from}")
-    return model
+    return model.train()
 
 
 def _adopt_model_config(cfg: TrainConfig, mc: ModelConfig) -> None:
@@ -281,6 +281,14 @@ class Trainer:
     def __init__(self, plan: Plan, ctx: D.DistContext, stop: StopFlag, metrics: MetricsWriter | None) -> None:
         self.cfg, self.run_dir, self.ctx, self.stop, self.metrics = plan.cfg, plan.run_dir, ctx, stop, metrics
         cfg, dev = self.cfg, ctx.device
+        if cfg.parallel != "ddp":
+            raise ConfigError(f"--parallel {cfg.parallel} is not available yet; use --parallel ddp")
+        if cfg.nproc != ctx.world_size:
+            self.log(
+                f"note: the config asks for {cfg.nproc} process(es) but {ctx.world_size} are running; launch "
+                f"`python -m torch.distributed.run --standalone --nproc_per_node={cfg.nproc} -m core.train ...` "
+                "for DDP (the world size of the launch is what counts)"
+            )
         self.precision = resolve_precision(cfg.precision, dev)
         if dev.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -318,7 +326,7 @@ class Trainer:
         self.saved_at: Path | None = None
         self.best_val: float | None = None
         self.last_val: tuple[int, float] | None = None
-        self._data(resume is not None)
+        self._data()
         if resume:
             self._restore(resume)
         else:
@@ -335,7 +343,7 @@ class Trainer:
         if self.ctx.is_main:
             print(msg, flush=True)
 
-    def _data(self, resuming: bool) -> None:
+    def _data(self) -> None:
         cfg, ctx = self.cfg, self.ctx
         # One process per machine tokenizes; the others wait and then read its cache.
         if ctx.local_rank == 0:
@@ -617,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics.write("status", state="done", step=trainer.step, total_steps=trainer.total_steps)
             trainer.log(f"done: {trainer.step} steps; checkpoints in {plan.run_dir / 'ckpt'}")
         return 0
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, HFError) as e:
         # A refused resume leaves the run as it was (stopped, resumable), so it is not marked failed.
         _status_failed(None if args.resume and trainer is None else metrics, trainer.step if trainer else None, str(e))
         return 2

@@ -48,13 +48,16 @@ _RESULTS: OrderedDict[str, AttentionResult] = OrderedDict()  # a few recent resu
 _RESULTS_LOCK = threading.Lock()
 _RESULT_IDS = itertools.count()
 MAX_RESULTS = 4
+MAX_RESULT_BYTES = 1 << 30  # a gpt2-xl result at 256 tokens is ~315 MB
 
 
 def _remember(result: AttentionResult) -> str:
     key = str(next(_RESULT_IDS))
     with _RESULTS_LOCK:
         _RESULTS[key] = result
-        while len(_RESULTS) > MAX_RESULTS:
+        while len(_RESULTS) > MAX_RESULTS or (
+            len(_RESULTS) > 1 and sum(r.probs.nbytes for r in _RESULTS.values()) > MAX_RESULT_BYTES
+        ):
             _RESULTS.popitem(last=False)
     return key
 
@@ -106,23 +109,14 @@ def heatmap_figure(result: AttentionResult, layer: int, head: int, average: bool
             colorbar=dict(title=dict(text="weight"), thickness=12),
         )
     )
-    side = int(min(720, max(380, 160 + 14 * len(labels))))
+    side = int(min(680, max(420, 200 + 12 * len(labels))))  # about square in the tab's left column
     fig.update_layout(
         title=dict(text=title, x=0.5, font=dict(size=15)),
         height=side,
         margin=dict(l=10, r=10, t=44, b=10),
         plot_bgcolor="#f3f4f6",
-        xaxis=dict(
-            title="key (attended to)", tickangle=-60, tickfont=dict(size=10), showgrid=False, constrain="domain"
-        ),
-        yaxis=dict(
-            title="query",
-            autorange="reversed",
-            tickfont=dict(size=10),
-            showgrid=False,
-            scaleanchor="x",
-            constrain="domain",
-        ),
+        xaxis=dict(title="key (attended to)", tickangle=-60, tickfont=dict(size=10), showgrid=False),
+        yaxis=dict(title="query", autorange="reversed", tickfont=dict(size=10), showgrid=False),
         uirevision=f"{id(result)}",  # keep zoom while switching heads of the same input
     )
     return fig
@@ -222,7 +216,7 @@ def thumbnails(probs: np.ndarray, max_side: int) -> np.ndarray:
 
 def grid_html(result: AttentionResult, layer: int, head: int, average: bool) -> str:
     L, H = result.n_layer, result.n_head
-    cell = int(min(72, max(28, 900 // H)))  # pixels per head on screen
+    cell = int(min(96, max(28, 1000 // H)))  # pixels per head on screen
     thumbs = _colorize(thumbnails(result.probs, max_side=min(cell, 48 if L * H <= 300 else 24)))
     ent = result.entropy
     prev = previous_token_scores(result.probs)
@@ -311,7 +305,7 @@ def compute(runs_dir: Path, choice: str | None, text: str, max_tokens: int = MAX
     )
     if result.truncated:
         cap = len(result.tokens)
-        why = f"the context window of this model ({cfg.block_size})" if cap == cfg.block_size else "the display cap"
+        why = "the context window of this model" if cap == cfg.block_size else f"the display cap of {MAX_TOKENS} tokens"
         note += (
             f"\n\n⚠ The text has **{result.n_input} tokens**; only the first **{cap}** are shown ({why}). "
             "Shorten the text to see all of it."
@@ -353,7 +347,7 @@ def build_tab(runs_dir: Path) -> None:
     with gr.Row(equal_height=True):
         model = gr.Dropdown(choices, value=value, label="Model / checkpoint", scale=6, elem_id="attn-model")
         refresh = gr.Button("⟳ Refresh", scale=0, min_width=110, elem_id="attn-refresh")
-    missing_md = gr.Markdown(missing, visible=bool(missing), elem_id="attn-missing")
+    missing_md = gr.Markdown(missing, visible=bool(missing), elem_id="attn-missing", elem_classes=["status-card"])
     text = gr.Textbox(DEFAULT_TEXT, label="Text", lines=3, max_lines=8, elem_id="attn-text")
     with gr.Row():
         run = gr.Button("Show attention", variant="primary", elem_id="attn-run")
@@ -418,6 +412,7 @@ def build_tab(runs_dir: Path) -> None:
         control.input(redraw, [key, layer, head, average], heatmap, js=HIGHLIGHT_JS, trigger_mode="always_last")
     kind.change(redraw_summary, [key, kind], [summary, summary_md])
     grid.click(pick, key, [layer, head, average, heatmap])
-    root = gr.context.Context.root_block
-    if root is not None:  # a page load refreshes the list: runs may have appeared since the app started
-        root.load(on_refresh, model, [model, missing_md])
+    # Opening the tab refreshes the model list: runs may have appeared since the page was loaded.
+    parent = gr.context.get_render_context()
+    opened = parent.select if isinstance(parent, gr.Tab) else gr.context.Context.root_block.load
+    opened(on_refresh, model, [model, missing_md])

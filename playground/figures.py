@@ -182,7 +182,7 @@ def loss_figure(
             )
             drawn = True
     if not drawn:
-        return _empty(fig, "No loss yet: the curve appears after the first training steps")
+        return _empty(fig, "No training steps recorded yet: the curve appears with the first ones")
     fig.update_xaxes(title_text=X_AXES[x_axis])
     fig.update_yaxes(title_text="cross-entropy loss", type="log" if log_y else "linear")
     return fig
@@ -207,7 +207,8 @@ def health_figure(
     cols = len(panels)
     fig = make_subplots(rows=1, cols=cols, subplot_titles=[t for _, t in panels], horizontal_spacing=0.06)
     _base_layout(fig, x_axis, uirevision, height=290)
-    fig.update_layout(hovermode="x", showlegend=len(runs) > 1, margin=dict(l=50, r=20, t=56, b=48))
+    # No legend: the runs have the loss chart's colors, and hovering names the run.
+    fig.update_layout(hovermode="x", showlegend=False, margin=dict(l=50, r=20, t=40, b=48))
     for i, (name, records) in enumerate(runs.items()):
         color = COLORS[i % len(COLORS)]
         train = split_records(records)["train"]

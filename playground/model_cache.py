@@ -35,6 +35,7 @@ class LoadedModel:
     step: int
     config: ModelConfig
     name: str  # e.g. "tiny-shakespeare · step 500"
+    key: tuple[str, int]  # (checkpoint folder, weights mtime): identifies these exact weights
 
 
 def _run_state(run_dir: Path) -> str:
@@ -93,11 +94,11 @@ def no_models_message(runs_dir: str | Path) -> str:
     """What to do when there is nothing to load (Markdown)."""
     return (
         f"**No checkpoint in `{runs_dir}` yet.** To get one:\n"
-        "- **Train** the `tiny` preset in the **Train** tab for a few minutes on CPU — its first checkpoint "
-        "appears here after one checkpoint interval (press ⟳ to refresh). From a terminal: "
-        f"`python -m core.train --preset tiny --max-steps 500 --runs-dir {runs_dir}`.\n"
-        "- **Import GPT-2** weights (Hugging Face format, a hub id such as `gpt2` or a local folder) in the "
-        f"**Models** tab, or `python -m core.hf import gpt2 --runs-dir {runs_dir}`."
+        "- **Train** the `tiny` preset in the **Train** tab for a few minutes on CPU; its first checkpoint "
+        "appears here after one checkpoint interval (press ⟳ Refresh). From a terminal: "
+        f"`python -m core.train --preset tiny --max-steps 1000 --ckpt-interval 100 --runs-dir {runs_dir}`\n"
+        "- **Import GPT-2** weights in the **Models** tab: a Hugging Face hub id such as `gpt2` (needs internet) "
+        "or a local Hugging Face folder (`config.json` + `model.safetensors`)."
     )
 
 
@@ -149,7 +150,7 @@ class ModelCache:
             step = int(ck.state.get("step", _step_of(ckpt)))
             name = f"{ckpt.parent.parent.name} · step {step}"
             probe = private_view(model)  # made now, while no generation can have caches attached
-            loaded = LoadedModel(model=model, probe=probe, path=ckpt, step=step, config=model.config, name=name)
+            loaded = LoadedModel(model, probe, ckpt, step, model.config, name, key)
             self._models[key] = loaded
             while len(self._models) > self.max_models:
                 self._models.popitem(last=False)

@@ -4,6 +4,7 @@ format; export a checkpoint to Hugging Face format."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,8 @@ def export_checkpoint(runs_dir: Path, ckpt: str | None, out: str | None) -> str:
     return f"✅ Exported to `{written}`: `transformers.GPT2LMHeadModel.from_pretrained({str(written)!r})` loads it."
 
 
-def build_tab(runs_dir: Path) -> Any:
+def build_tab(runs_dir: Path) -> tuple[Callable[..., tuple[Any, Any, Any]], list[Any], list[Any]]:
+    """Build the tab; returns its refresh callback with inputs and outputs (run when the tab is opened)."""
     jobs = jobs_for(runs_dir)
     with gr.Row(equal_height=True):
         gr.Markdown("### Runs and checkpoints")

@@ -62,7 +62,6 @@ def build_config(
     stop: str | None,
     stop_at_eot: bool,
     num_samples: float | None,
-    top_candidates: int = 0,
 ) -> SamplingConfig:
     """The SamplingConfig for the form's values (UI conventions: top-k 0 = off, temperature 0 = greedy,
     empty seed = a fresh random one). Raises ValueError with a message for the user."""
@@ -91,7 +90,6 @@ def build_config(
         stop=parse_stop(stop),
         stop_at_eot=bool(stop_at_eot),
         num_samples=min(n, MAX_SAMPLES),
-        top_candidates=top_candidates,
     )
     return cfg.validate()
 
@@ -156,6 +154,7 @@ def run_generation(
     """
     loaded = loaded or CACHE.get(runs_dir, choice)
     block = loaded.config.block_size
+    keep = min(cfg.window_keep or max(1, block // 2), max(1, block - 1))  # as core.sampling slides the window
     n_prompt = len(prompt_tokens(prompt))
     n = cfg.num_samples
     texts, reasons = [""] * n, [None] * n
@@ -163,7 +162,7 @@ def run_generation(
     if n_prompt > block:
         notes.append(
             f"the prompt ({n_prompt} tokens) is longer than the context window ({block}): the model reads its "
-            f"last {max(1, block // 2)} tokens, and the window slides as the text grows"
+            f"last {keep} tokens, and the window slides as the text grows"
         )
     slides = 0
     count = 0
@@ -190,7 +189,7 @@ def run_generation(
     if slides:
         notes.append(
             f"the text outgrew the context window ({block} tokens): it slid {slides}×, keeping the last "
-            f"{max(1, block // 2)} tokens each time"
+            f"{keep} tokens each time"
         )
     notes += config_notes(cfg)
     status = ("Stopped · " if stopped else "Done · ") + _speed(count, elapsed, first) + "  \n" + " · ".join(notes)
@@ -206,7 +205,7 @@ _LOGITS_LOCK = threading.Lock()
 def next_token_logits(loaded: LoadedModel, tokens: list[int]) -> torch.Tensor:
     """Logits (V,) of the token after `tokens`, from the last block_size of them (what sampling sees)."""
     window = tokens[-loaded.config.block_size :]
-    key = (str(loaded.path), id(loaded.model), tuple(window))
+    key = (loaded.key, tuple(window))
     with _LOGITS_LOCK:
         if key in _LOGITS:
             _LOGITS.move_to_end(key)
@@ -264,15 +263,19 @@ def candidates_figure(logits: torch.Tensor, cfg: SamplingConfig, actual: int | N
     return fig
 
 
+def _code(token: int) -> str:
+    return f"<code>{html.escape(token_label(token))}</code>"
+
+
 def candidates_note(logits: torch.Tensor, cfg: SamplingConfig, tokens: list[int], pos: int, block: int) -> str:
     final = filter_probs(logits[None], cfg)[0]
     kept = int((final > 0).sum())
-    where = "the end of the prompt" if pos == len(tokens) - 1 else f"token {pos} `{token_label(tokens[pos])}`"
+    where = "the end of the prompt" if pos == len(tokens) - 1 else f"token {pos} {_code(tokens[pos])}"
     note = f"After **{where}**: **{kept:,}** of {final.numel():,} tokens can be sampled with these settings."
     if pos + 1 < len(tokens):
         t = tokens[pos + 1]
         rank = int((logits > logits[t]).sum()) + 1
-        note += f" The text goes on with `{token_label(t)}` (rank {rank}, p = {final[t].item():.1%})."
+        note += f" The text goes on with {_code(t)} (rank {rank}, p = {final[t].item():.1%})."
     if pos + 1 > block:
         note += f" The model sees only the last {block} tokens here (its context window)."
     return note
@@ -392,7 +395,7 @@ def build_tab(runs_dir: Path) -> None:
     with gr.Row(equal_height=True):
         model = gr.Dropdown(choices, value=value, label="Model / checkpoint", scale=6, elem_id="sample-model")
         refresh = gr.Button("⟳ Refresh", scale=0, min_width=110, elem_id="sample-refresh")
-    missing_md = gr.Markdown(missing, visible=bool(missing), elem_id="sample-missing")
+    missing_md = gr.Markdown(missing, visible=bool(missing), elem_id="sample-missing", elem_classes=["status-card"])
     with gr.Row():
         with gr.Column(scale=5):
             prompt = gr.Textbox(
@@ -403,11 +406,6 @@ def build_tab(runs_dir: Path) -> None:
                 elem_id="sample-prompt",
                 info="Empty starts from <|endoftext|>. Longer than the context window is fine.",
             )
-            with gr.Row():
-                generate = gr.Button("▶ Generate", variant="primary", elem_id="sample-generate")
-                stop = gr.Button("■ Stop", variant="stop", elem_id="sample-stop")
-            status = gr.Markdown(elem_id="sample-status")
-            output = gr.HTML(EMPTY_OUTPUT, css_template=SAMPLES_CSS, js_on_load=None, elem_id="sample-output")
             with gr.Row():
                 max_new = gr.Slider(
                     1, MAX_UI_NEW_TOKENS, value=200, step=1, label="Max new tokens", elem_id="sample-max-new"
@@ -432,6 +430,11 @@ def build_tab(runs_dir: Path) -> None:
                     info="Not included in the output.",
                 )
                 eot = gr.Checkbox(True, label="Stop at <|endoftext|>", elem_id="sample-eot")
+            with gr.Row():
+                generate = gr.Button("▶ Generate", variant="primary", elem_id="sample-generate")
+                stop = gr.Button("■ Stop", variant="stop", elem_id="sample-stop")
+            status = gr.Markdown(elem_id="sample-status")
+            output = gr.HTML(EMPTY_OUTPUT, css_template=SAMPLES_CSS, js_on_load=None, elem_id="sample-output")
         with gr.Column(scale=4):
             temperature = gr.Slider(
                 0,
@@ -501,6 +504,8 @@ def build_tab(runs_dir: Path) -> None:
     for control in (temperature, top_k, top_p):
         control.change(on_preview, preview_inputs, preview_outputs, trigger_mode="always_last", show_progress="hidden")
     chips.click(pick, None, position).then(on_preview, preview_inputs, preview_outputs, show_progress="hidden")
-    root = gr.context.Context.root_block
-    if root is not None:  # a page load refreshes the list (runs may have appeared) and draws the chart
-        root.load(on_refresh, model, [model, missing_md]).then(on_preview, preview_inputs, preview_outputs)
+    # Opening the tab refreshes the model list (runs may have appeared) and draws the chart; nothing is
+    # loaded on page load, so a person who only trains never pays for a model in memory.
+    parent = gr.context.get_render_context()
+    opened = parent.select if isinstance(parent, gr.Tab) else gr.context.Context.root_block.load
+    opened(on_refresh, model, [model, missing_md]).then(on_preview, preview_inputs, preview_outputs)

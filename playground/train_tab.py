@@ -175,6 +175,11 @@ def form_to_config(values: dict[str, Any], runs_dir: Path) -> TrainConfig:
     if device == "cuda" and not GPU_COUNT:
         raise FieldError("device", "no CUDA GPU is visible to this machine; choose a CPU option")
     init_from = (v["init_from"] or "scratch").strip() or "scratch"
+    looks_like_path = init_from.startswith((".", "~", "/")) or init_from.count("/") > 1
+    if init_from != "scratch" and looks_like_path and not Path(init_from).expanduser().exists():
+        raise FieldError(
+            "init_from", f"{init_from} not found; pick a run, give a Hugging Face GPT-2 folder or a hub id like gpt2"
+        )
     cfg = TrainConfig(
         run_name=name,
         runs_dir=str(runs_dir),

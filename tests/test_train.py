@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from core import distributed as D
 from core.config import TrainConfig
 from core.metrics import read_all
-from core.train import Plan, StopFlag, Trainer, build_parser
+from core.train import Plan, StopFlag, Trainer, build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = str(ROOT / "data" / "cache")
@@ -174,13 +175,19 @@ def test_job_layer_config_is_used_and_kept(tmp_path):
         (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
     ],
 )
-def test_bad_input_is_a_clear_error(tmp_path, args, message):
+def test_bad_input_is_a_clear_error(tmp_path, capsys, args, message):
     (tmp_path / "short.txt").write_text("too short for a batch " * 5)
     (tmp_path / "empty.txt").write_text("")
     args = [a.format(short=tmp_path / "short.txt", empty=tmp_path / "empty.txt") for a in args]
-    out = train([*MICRO, "--max-steps", "2", "--run-name", "bad", *args], tmp_path, timeout=120)
-    assert out.returncode == 2
-    assert message in out.stderr and "Traceback" not in out.stderr
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:  # in-process (the CLI's main) to keep the test fast; the other tests run real subprocesses
+        code = main(["--runs-dir", str(tmp_path), *MICRO, "--max-steps", "2", "--run-name", "bad", *args])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
     status = tmp_path / "bad" / "metrics.jsonl"
     if status.exists():  # once the run folder is known the failure is recorded there too
         assert records(tmp_path / "bad", "status")[-1]["state"] == "failed"
@@ -217,3 +224,51 @@ def test_diverging_loss_fails_and_keeps_the_last_checkpoint(tmp_path):
     assert saved[-1] == f"step-{step - 1:06d}"  # the diverged step is never saved
     latest = json.loads((tmp_path / "nan" / "ckpt" / saved[-1] / "state.json").read_text())
     assert latest["step"] == step - 1
+
+
+def test_init_from_checkpoint_and_hf_folder(tmp_path):
+    from core.checkpoint import load_model
+    from core.hf import export_hf
+
+    base = train(
+        [
+            *MICRO,
+            "--n-embd",
+            "64",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "1",
+            "--eval-interval",
+            "0",
+            "--run-name",
+            "base",
+        ],
+        tmp_path,
+    )
+    assert base.returncode == 0, base.stderr
+    model, _ = load_model(tmp_path / "base")
+    export_hf(model, tmp_path / "hf")
+    for source, name in ((tmp_path / "base", "ft-ckpt"), (tmp_path / "hf", "ft-hf")):
+        out = train(
+            [
+                *MICRO,
+                "--init-from",
+                str(source),
+                "--batch-size",
+                "2",
+                "--max-steps",
+                "2",
+                "--eval-interval",
+                "0",
+                "--run-name",
+                name,
+            ],
+            tmp_path,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "initialized from" in out.stdout
+        tuned, ck = load_model(tmp_path / name)
+        assert tuned.config.n_embd == 64 and ck.state["train_config"]["n_embd"] == 64  # the source's shape
+    missing = train([*MICRO, "--init-from", str(tmp_path / "nowhere"), "--max-steps", "1", "--run-name", "x"], tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr

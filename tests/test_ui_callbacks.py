@@ -61,6 +61,7 @@ def test_defaults_make_a_valid_cpu_config(tmp_path):
         ({"data_source": "local", "data_path": ""}, "data_path", "empty"),
         ({"data_source": "hf", "hf_dataset": ""}, "hf_dataset", "empty"),
         ({"device": "cpu-ddp", "nproc": 1}, "nproc", "2 to 64"),
+        ({"init_from": "/no/such/checkpoint"}, "init_from", "not found"),
     ],
 )
 def test_invalid_settings_name_their_field(tmp_path, overrides, field, words):
@@ -214,7 +215,7 @@ def test_health_figure_shows_mfu_in_percent_when_known(tmp_path):
 
 def test_empty_run_gets_a_message_not_an_empty_axis():
     fig = figures.loss_figure({"run": []})
-    assert "No loss yet" in fig.layout.annotations[0].text
+    assert "No training steps recorded yet" in fig.layout.annotations[0].text
 
 
 # ----- Monitor tab: incremental reading, status card ----------------------------------------------------------------

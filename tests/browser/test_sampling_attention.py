@@ -60,8 +60,11 @@ def test_sampling_streams_and_stops(app_server, runs_dir, page, screenshot_dir):
     done_text = _output_text(page)
     assert done_text
 
-    # A long run streams: the text grows between two reads, then Stop ends it for good.
+    # A long run streams: the text grows between two reads, then Stop ends it for good. Four samples of up
+    # to 2048 tokens take far longer than this test waits, even on a fast machine.
     _set_number(page, "#sample-max-new", 2048)
+    _set_number(page, "#sample-n", 4)
+    expect(page.locator("#sample-max-new input[type=number]")).to_have_value("2048")
     page.locator("#sample-generate").click()
     page.locator("#sample-status", has_text="Generating").wait_for()
     first = _output_text(page)
@@ -71,11 +74,13 @@ def test_sampling_streams_and_stops(app_server, runs_dir, page, screenshot_dir):
         time.sleep(0.2)
     assert second.startswith(first[: max(0, len(first) - 2)])  # grows at the end (minus a held-back char)
     page.locator("#sample-stop").click()
-    page.locator("#sample-status", has_text="Stopped").wait_for()
+    status = page.locator("#sample-status")
+    status.filter(has_text=re.compile("Stopped|Done")).wait_for()
+    assert status.inner_text().startswith("Stopped"), status.inner_text()
+    assert page.locator("#sample-output .sample").count() == 4
     stopped = _output_text(page)
     time.sleep(1.5)
     assert _output_text(page) == stopped, "text kept coming after Stop"
-    assert "Done" not in page.locator("#sample-status").inner_text()
 
     # The chart follows the sliders: top-k 3 leaves three tokens to sample from.
     _set_number(page, "#sample-top-k", 3)
@@ -84,12 +89,18 @@ def test_sampling_streams_and_stops(app_server, runs_dir, page, screenshot_dir):
     ).first.wait_for()
     page.screenshot(path=str(screenshot_dir / "sampling.png"), full_page=True)
 
+    # A checkpoint saved while the app runs shows up after ⟳ Refresh.
+    save_checkpoint(runs_dir / "late-run", 5, GPT(model_config("micro")), state={})
+    page.locator("#sample-refresh").click()
+    page.locator("#sample-model input").click()
+    page.get_by_role("option", name=re.compile("^late-run")).wait_for()
+
 
 def _heatmap_state(page):
     return page.evaluate(
         """() => {
           const plot = document.querySelector('#attn-heatmap .js-plotly-plot');
-          return plot && plot.data && plot.data[0].z
+          return plot && plot.data && plot.data[0] && plot.data[0].z
             ? {title: plot.layout.title.text, z: JSON.stringify(plot.data[0].z)} : null;
         }"""
     )
@@ -129,9 +140,15 @@ def test_attention_heatmap_follows_layer_and_head(app_server, runs_dir, page, sc
     fourth = _wait_heatmap_change(page, third)
     assert fourth["title"] == "Layer 1, mean over 4 heads"
 
-    # The induction probe: repeated random tokens, longer than micro's 32-token window -> a clear note.
-    page.locator("#attn-example").click()
+    # Too long a text is cut to the model's window (micro: 32 tokens), with a note saying so.
+    page.locator("#attn-text textarea").fill(" word" * 50)
+    page.locator("#attn-run").click()
     page.locator("#attn-note", has_text="only the first").wait_for()
+    # The induction probe: random tokens repeated, sized to fit the window (1 + 2 x 15 = 31 tokens).
+    page.locator("#attn-example").click()
+    page.locator("#attn-note", has_text="31 tokens").wait_for()
+    text = page.locator("#attn-text textarea").input_value()
+    assert text.startswith("<|endoftext|>") and text[13:].strip()
     page.get_by_label("Induction score").check()
     page.locator("#attn-summary-note", has_text="Highest").wait_for()
     page.screenshot(path=str(screenshot_dir / "attention.png"), full_page=True)

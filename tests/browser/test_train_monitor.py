@@ -1,9 +1,8 @@
-"""Train -> Monitor -> Stop -> restart, in a real Chromium against a real `python app.py` with real training jobs."""
+"""Train -> Monitor -> Stop -> Resume -> restart, in a real Chromium against a real `python app.py` and real jobs."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,7 @@ pytestmark = pytest.mark.browser
 SETTINGS = {
     "batch-size": "2",
     "max-steps": "100000",
-    "eval-interval": "25",
+    "eval-interval": "10",
     "ckpt-interval": "0",
     "sample-interval": "100",
 }
@@ -52,15 +51,13 @@ def fill_form(page, run_name: str) -> None:
         page.locator(f"#train-{field} input").fill(value)
 
 
-def launch_and_watch(page, screenshot_dir: Path, shot: str) -> int:
+def launch_and_watch(page) -> int:
     page.click("#launch-btn")
     page.wait_for_selector("#train-message:has-text('Launched')", timeout=60_000)
     # The launched run opens in Monitor and its curve grows from one refresh to the next.
     page.wait_for_selector("#monitor-status [data-state='running']", timeout=60_000)
     first = wait_for(lambda: plot_points(page), 120, "the first loss points")
-    more = wait_for(lambda: (n := plot_points(page)) > first and n, 60, f"more than {first} loss points")
-    page.screenshot(path=str(screenshot_dir / shot), full_page=True)
-    return more
+    return wait_for(lambda: (n := plot_points(page)) > first and n, 60, f"more than {first} loss points")
 
 
 def stop_and_wait(page) -> None:
@@ -86,7 +83,7 @@ def test_launch_watch_stop_and_reattach(app_server, page, tmp_path, screenshot_d
     fill_form(page, "ui-single")
     command = page.locator("#command-preview").inner_text()
     assert "core.train" in command and "--preset micro" in command and "--batch-size 2" in command
-    points = launch_and_watch(page, screenshot_dir, "monitor.png")
+    launch_and_watch(page)
     stop_and_wait(page)
     assert (runs / "ui-single" / "ckpt" / "latest").is_file()  # the trainer saved a checkpoint on stop
 
@@ -95,6 +92,7 @@ def test_launch_watch_stop_and_reattach(app_server, page, tmp_path, screenshot_d
     page.click("#monitor-resume")
     page.wait_for_selector("#monitor-status [data-state='running']", timeout=60_000)
     points = wait_for(lambda: (n := plot_points(page)) > stopped_at and n, 90, "the resumed curve to grow")
+    page.screenshot(path=str(screenshot_dir / "monitor.png"), full_page=True)
     stop_and_wait(page)
 
     # A fresh app process on the same runs folder lists the run with its curve.
@@ -119,6 +117,7 @@ def test_cpu_ddp_job(app_server, page, tmp_path, screenshot_dir):
     page.locator("#train-nproc").wait_for()
     command = page.locator("#command-preview").inner_text()
     assert "torch.distributed.run" in command and "--nproc_per_node=2" in command
-    launch_and_watch(page, screenshot_dir, "monitor-ddp.png")
+    launch_and_watch(page)
+    page.screenshot(path=str(screenshot_dir / "monitor-ddp.png"), full_page=True)
     assert "cpu × 2" in page.locator("#monitor-status").inner_text()
     stop_and_wait(page)
