@@ -1,8 +1,8 @@
 """Import and export GPT-2 in Hugging Face format (config.json + model.safetensors).
 
-HF's GPT-2 stores its projections as Conv1D with weights of shape (in, out); ours are nn.Linear
-(out, in), so those four matrices are transposed both ways. Nothing here loads pickle: .bin files
-go through torch.load(weights_only=True), which only rebuilds tensors.
+Our parameters have HF's names and shapes (projections are Conv1D, (in, out)), so weights are copied
+as they are; only key prefixes, the tied head and padded vocabulary rows need care. Nothing here loads
+pickle: .bin files go through torch.load(weights_only=True), which only rebuilds tensors.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from core.config import EOT_TOKEN, GPT2_VOCAB_SIZE, PRESETS, ModelConfig, TrainConfig
+from core.config import EOT_TOKEN, GPT2_VOCAB_SIZE, PRESETS, ConfigError, ModelConfig, TrainConfig
 from core.model import GPT, clean_state_dict, load_clean_state_dict, unwrap_model
+from core.runs import resolve_run_dir
 
-CONV1D_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older transformers versions
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class HFError(RuntimeError):
@@ -106,7 +105,7 @@ def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def hf_to_state_dict(hf_sd: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Rename and transpose a Hugging Face GPT-2 state dict into our clean_state_dict layout."""
+    """Rename a Hugging Face GPT-2 state dict into our clean_state_dict layout."""
     out: dict[str, torch.Tensor] = {}
     head = None
     for key, value in hf_sd.items():
@@ -116,7 +115,7 @@ def hf_to_state_dict(hf_sd: dict[str, torch.Tensor], config: ModelConfig) -> dic
             head = value
             continue
         name = key if key.startswith("transformer.") else "transformer." + key  # GPT2Model saves unprefixed
-        out[name] = value.t().contiguous() if name.endswith(CONV1D_SUFFIXES) else value
+        out[name] = value
     wte = out.get("transformer.wte.weight")
     if head is not None and wte is not None and not torch.equal(head, wte):
         raise HFError("lm_head.weight differs from transformer.wte.weight; only GPT-2 with a tied head is supported")
@@ -211,7 +210,7 @@ def hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[s
 
 
 def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
-    """Our weights in HF GPT2LMHeadModel layout: Conv1D transposed, padded vocab rows dropped.
+    """Our weights in HF GPT2LMHeadModel layout: padded vocab rows dropped.
 
     The head is tied, so (like save_pretrained) only transformer.wte.weight is stored. A model
     trained without biases gets zero biases, which computes the same function.
@@ -222,8 +221,6 @@ def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
         value = value.detach()
         if key == "transformer.wte.weight":
             value = value[: c.vocab_size]
-        elif key.endswith(CONV1D_SUFFIXES):
-            value = value.t()
         out[key] = value.contiguous().cpu().clone()
     if not c.bias:
         for i in range(c.n_layer):
@@ -256,15 +253,6 @@ def export_hf(model_or_path: nn.Module | str | Path, out_dir: str | Path) -> Pat
     return out
 
 
-def validate_run_name(name: str) -> str:
-    if not isinstance(name, str) or not RUN_NAME.match(name) or ".." in name:
-        raise HFError(
-            f"invalid run name {name!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a letter or "
-            "digit (no path separators, no '..')"
-        )
-    return name
-
-
 def _closest_preset(config: ModelConfig) -> str:
     for name, p in PRESETS.items():
         if (p["n_layer"], p["n_head"], p["n_embd"]) == (config.n_layer, config.n_head, config.n_embd):
@@ -280,9 +268,11 @@ def import_to_run(source: str | Path, runs_dir: str | Path, name: str) -> Path:
     """
     from core.checkpoint import save_checkpoint
 
-    validate_run_name(name)
+    try:
+        final = resolve_run_dir(runs_dir, name)
+    except ConfigError as e:
+        raise HFError(str(e)) from e
     runs = Path(runs_dir)
-    final = runs / name
     if final.exists():
         raise HFError(f"a run named {name!r} already exists in {runs}; choose another name")
     model = load_hf_gpt2(source)

@@ -109,9 +109,9 @@ def test_import_to_run_is_a_loadable_run(tmp_path, hf_dir):
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["gpt2-imported"]  # no leftovers
 
 
-@pytest.mark.parametrize("name", ["../evil", "a/b", "..", "", ".hidden", "a\\b", "x" * 101])
+@pytest.mark.parametrize("name", ["../evil", "a/b", "..", "", ".hidden", "a\\b", "x" * 65])
 def test_import_rejects_bad_run_names(tmp_path, hf_dir, name):
-    with pytest.raises(HFError, match="invalid run name"):
+    with pytest.raises(HFError, match="run name"):
         import_to_run(hf_dir[0], tmp_path / "runs", name)
     assert not (tmp_path / "runs").exists()
 
