@@ -46,6 +46,7 @@ from core.checkpoint import (
     write_text_atomic,
 )
 from core.config import EOT_TOKEN, ConfigError, ModelConfig, TrainConfig
+from core.cpu_malloc import reexec_with_tuned_malloc
 from core.data import BatchLoader, DataError, prepare_for
 from core.hf import HFError
 from core.metrics import MetricsWriter
@@ -657,4 +658,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_tuned_malloc("core.train")
     sys.exit(main())

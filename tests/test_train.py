@@ -86,31 +86,32 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
 
 
 def test_tiny_model_learns_shakespeare(tmp_path):
-    # ~25 s of CPU: from ln(50257) = 10.8 nats the loss falls to ~6.5-7 in 30 steps (word frequencies);
-    # assert with a wide margin so a loaded machine or another seed never flakes.
+    # ~1.5 min of CPU. The unigram entropy of tinyshakespeare in GPT-2 tokens is 6.32 nats: a model
+    # whose val loss goes below it predicts from context, not just word frequencies. 200 steps of
+    # 16 x 64 tokens reach ~5.9 (seed 1337); the bound keeps a margin for other BLAS builds.
     args = [
         "--preset",
         "tiny",
         "--data-cache",
         CACHE,
         "--batch-size",
-        "8",
+        "16",
         "--seq-len",
-        "32",
+        "64",
         "--max-steps",
-        "30",
+        "200",
         "--lr",
         "3e-3",
         "--warmup-steps",
-        "5",
+        "10",
         "--eval-interval",
-        "30",
+        "100",
         "--eval-batches",
-        "4",
+        "8",
         "--ckpt-interval",
         "0",
         "--sample-interval",
-        "30",
+        "200",
         "--sample-tokens",
         "8",
         "--run-name",
@@ -120,23 +121,23 @@ def test_tiny_model_learns_shakespeare(tmp_path):
     assert out.returncode == 0, out.stderr
     run = tmp_path / "learn"
     losses = [r["loss"] for r in records(run, "train")]
-    assert len(losses) == 30 and losses[0] > 10.0
-    assert sum(losses[-5:]) / 5 < 8.0
-    assert records(run, "eval")[-1]["val_loss"] < 8.0
+    assert len(losses) == 200 and losses[0] > 10.0
+    assert sum(losses[-10:]) / 10 < 6.3
+    assert records(run, "eval")[-1]["val_loss"] < 6.2
     # the run folder and metrics follow the documented schema
     start, end = records(run, "status")[0], records(run, "status")[-1]
-    assert start["state"] == "running" and start["step"] == 0 and start["total_steps"] == 30
-    assert start["world_size"] == 1 and start["grad_accum"] == 1 and start["tokens_per_step"] == 256
+    assert start["state"] == "running" and start["step"] == 0 and start["total_steps"] == 200
+    assert start["world_size"] == 1 and start["grad_accum"] == 1 and start["tokens_per_step"] == 1024
     assert end["state"] == "done"
     rec = records(run, "train")[-1]
-    assert rec["step"] == 30 and rec["tokens"] == 30 * 256 and rec["mfu"] is None
+    assert rec["step"] == 200 and rec["tokens"] == 200 * 1024 and rec["mfu"] is None
     for key in ("lr", "grad_norm", "dt", "tok_per_s", "elapsed", "eta_s", "mem_mb", "total_steps"):
         assert rec[key] is not None, key
-    assert records(run, "sample")[0]["step"] == 30
-    assert TrainConfig.from_json(run / "config.json").max_steps == 30
+    assert records(run, "sample")[0]["step"] == 200
+    assert TrainConfig.from_json(run / "config.json").max_steps == 200
     assert "core.train" in (run / "command.txt").read_text()
-    assert (run / "ckpt" / "latest").read_text().strip() == "step-000030"
-    assert "step 30/30 | loss" in out.stdout and "tok/s" in out.stdout and "eta" in out.stdout
+    assert (run / "ckpt" / "latest").read_text().strip() == "step-000200"
+    assert "step 200/200 | loss" in out.stdout and "tok/s" in out.stdout and "eta" in out.stdout
 
 
 def test_job_layer_config_is_used_and_kept(tmp_path):
