@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.config import model_config  # noqa: E402
+from core.cpu_malloc import reexec_with_tuned_malloc  # noqa: E402
 from core.model import GPT  # noqa: E402
 from core.train import peak_flops  # noqa: E402
 
@@ -116,4 +117,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_tuned_malloc()  # time the steps as the trainer runs them (see core/cpu_malloc.py)
     main()

@@ -177,17 +177,24 @@ def resolve_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if (p / STATE_FILE).is_file():
         return p
-    root = p / "ckpt" if (p / "ckpt").is_dir() else p
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if (p / "ckpt").is_dir():
+        root = p / "ckpt"
+    elif p.name == "ckpt":
+        root = p
+    elif (p / "config.json").is_file() or (p / "metrics.jsonl").is_file():  # a run that has not saved yet
+        raise CheckpointError(f"no checkpoint in {p} yet; train for at least one checkpoint interval first")
+    else:  # a checkpoint folder without its state.json, or a folder that holds no run
+        raise CheckpointError(f"{p} is not a checkpoint: {p / STATE_FILE} is missing; pick a run or another checkpoint")
     latest = root / "latest"
     if latest.is_file():
         candidate = root / latest.read_text().strip()
         if (candidate / STATE_FILE).is_file():
             return candidate
-    found = list_checkpoints(root.parent)
+    found = list_checkpoints(root.parent)  # latest is missing or stale: the newest complete one
     if found:
         return found[-1]
-    if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p}")
     raise CheckpointError(f"no checkpoint in {p} yet; train for at least one checkpoint interval first")
 
 

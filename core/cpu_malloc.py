@@ -15,8 +15,8 @@ import sys
 TUNED_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**40), "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 
 
-def reexec_with_tuned_malloc(module: str) -> None:
-    """Re-run `python -m module <same args>` with the thresholds set; a no-op when set or not Linux.
+def reexec_with_tuned_malloc() -> None:
+    """Re-run this very command line with the thresholds set; a no-op when set or not Linux.
 
     exec keeps the pid and process start time, so job tracking and torchrun see the same process.
     Set PLAYGROUND_MALLOC_TUNING=0 to opt out.
@@ -28,4 +28,4 @@ def reexec_with_tuned_malloc(module: str) -> None:
     os.environ.update(TUNED_ENV)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]])
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

@@ -15,11 +15,11 @@ the sequences 1 process x 2A sees, ranks never overlap, and the loader state is 
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -55,20 +55,14 @@ class DataError(ValueError):
 # --- reading sources ------------------------------------------------------------------------------
 
 
-def _count_replaced(err: UnicodeDecodeError) -> tuple[str, int]:
-    _count_replaced.n += err.end - err.start  # type: ignore[attr-defined]
-    return "\ufffd", err.end
-
-
-_count_replaced.n = 0  # type: ignore[attr-defined]
-codecs.register_error("playground_count", _count_replaced)
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # how surrogateescape marks each byte that is not UTF-8
 
 
 def _decode(raw: bytes, path: Path, log: Log) -> str:
-    _count_replaced.n = 0  # type: ignore[attr-defined]
-    text = raw.decode("utf-8", errors="playground_count")
-    if _count_replaced.n:  # type: ignore[attr-defined]
-        log(f"warning: {path} is not valid UTF-8: {_count_replaced.n} byte(s) replaced by U+FFFD")  # type: ignore[attr-defined]
+    """UTF-8 text with each invalid byte replaced by U+FFFD, saying how many were replaced."""
+    text, bad = _ESCAPED_BYTE.subn("\ufffd", raw.decode("utf-8", errors="surrogateescape"))
+    if bad:
+        log(f"warning: {path} is not valid UTF-8: {bad} byte(s) replaced by U+FFFD")
     return text
 
 

@@ -658,5 +658,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_tuned_malloc("core.train")
+    reexec_with_tuned_malloc()
     sys.exit(main())

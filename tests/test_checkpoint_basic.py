@@ -73,8 +73,12 @@ def test_missing_and_corrupt_state(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_model(tmp_path / "empty")
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "config.json").write_text("{}")  # a run that has not saved yet
+    with pytest.raises(CheckpointError, match="no checkpoint in .* yet"):
+        load_model(tmp_path / "fresh")
     m, _ = _trained()
     path = save_checkpoint(tmp_path / "run", 1, m, {})
     (path / "state.json").write_text("{not json")
@@ -105,3 +109,18 @@ def test_no_pickle_on_the_load_path(tmp_path, monkeypatch):
     ck = load_checkpoint(path)
     assert ck.optimizer_state is not None
     load_model(path)
+
+
+def test_resolve_never_substitutes_another_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    save_checkpoint(run, 1, GPT(model_config("micro")), {})
+    assert resolve_checkpoint(run).name == "step-000001"
+    assert resolve_checkpoint(run / "ckpt").name == "step-000001"
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_checkpoint(run / "nonexistent")
+    broken = run / "ckpt" / "step-000002"
+    broken.mkdir()
+    with pytest.raises(CheckpointError, match="state.json is missing"):
+        resolve_checkpoint(broken)
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        resolve_checkpoint(tmp_path)
