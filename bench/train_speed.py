@@ -21,25 +21,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.config import model_config  # noqa: E402
+from core.config import ModelConfig, model_config  # noqa: E402
 from core.cpu_malloc import reexec_with_tuned_malloc  # noqa: E402
+from core.hf import hf_config  # noqa: E402
 from core.model import GPT  # noqa: E402
 from core.train import peak_flops  # noqa: E402
 
 
-def hf_model(mc):  # noqa: ANN001, ANN201
+def hf_model(mc: ModelConfig):  # noqa: ANN201
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(
-        vocab_size=mc.vocab_size,
-        n_positions=mc.block_size,
-        n_embd=mc.n_embd,
-        n_layer=mc.n_layer,
-        n_head=mc.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
+    cfg = GPT2Config(**hf_config(mc))  # the config.json export_hf writes: same shapes and dropout as ours
     cfg._attn_implementation = "sdpa"
     return GPT2LMHeadModel(cfg)
 

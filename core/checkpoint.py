@@ -26,10 +26,10 @@ from safetensors.torch import load_file, save_file
 
 from core.config import ModelConfig
 from core.model import GPT, clean_state_dict, load_clean_state_dict, unwrap_model
+from core.runs import STATE_FILE, list_checkpoints, write_text_atomic  # torch-free; callers may import them from here
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.safetensors"
-STATE_FILE = "state.json"
 
 
 class CheckpointError(RuntimeError):
@@ -54,16 +54,6 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small file so a reader sees the old or the new contents, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -124,14 +114,6 @@ def save_checkpoint(
     write_text_atomic(ckpt_root / "latest", name + "\n")
     prune_checkpoints(ckpt_root, keep_last)
     return final
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary folders of killed writes excluded)."""
-    root = Path(run_dir) / "ckpt"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file())
 
 
 def read_state(ckpt_dir: str | Path) -> dict[str, Any]:

@@ -386,7 +386,7 @@ class BatchLoader:
         self.device = torch.device(device)
         self.shards = [np.memmap(Path(cache) / s["file"], dtype=np.uint16, mode="r") for s in meta["shards"][split]]
         self.data_key = hashlib.sha256(json.dumps(meta["key"], sort_keys=True).encode()).hexdigest()[:16]
-        n_min = self._n_windows(seq_len - 1 if shuffle else 0)
+        n_min = sum(self._window_counts(seq_len - 1 if shuffle else 0))
         need = batch_size if shuffle else 1
         if n_min < need:
             tokens = sum(len(s) for s in self.shards)
@@ -402,16 +402,16 @@ class BatchLoader:
         self._order: np.ndarray | None = None
         self._starts: np.ndarray | None = None
 
-    def _n_windows(self, offset: int) -> int:
-        return sum(max(0, (len(s) - 1 - offset) // self.T) for s in self.shards)
+    def _window_counts(self, offset: int) -> list[int]:
+        """Windows per shard of seq_len + 1 tokens that start at offset + i * seq_len."""
+        return [max(0, (len(s) - 1 - offset) // self.T) for s in self.shards]
 
     def _epoch_plan(self, epoch: int) -> None:
         if self._epoch == epoch:
             return
         rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
         offset = int(rng.integers(self.T)) if rng is not None else 0
-        counts = [max(0, (len(s) - 1 - offset) // self.T) for s in self.shards]
-        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self._starts = np.concatenate([[0], np.cumsum(self._window_counts(offset))])
         n = int(self._starts[-1])
         self._order = rng.permutation(n) if rng is not None else np.arange(n)
         self._offset, self._epoch = offset, epoch

@@ -31,7 +31,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -44,7 +43,14 @@ import psutil
 
 from core.config import ConfigError, TrainConfig
 from core.metrics import MetricsReader
-from core.runs import resolve_run_dir, unique_run_name, validate_run_name
+from core.runs import (
+    default_run_name,
+    list_checkpoints,
+    resolve_run_dir,
+    unique_run_name,
+    validate_run_name,
+    write_text_atomic,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_ENV = "PLAYGROUND_JOB_ID"
@@ -122,39 +128,9 @@ def resolve_device(device: str) -> str:
     """The device a config will train on ("auto" resolved the way the trainer resolves it)."""
     if device != "auto":
         return device
-    import torch  # lazy: listing jobs should not pay for importing torch
+    from core.distributed import pick_device  # lazy: listing jobs should not pay for importing torch
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def default_run_name(config: TrainConfig) -> str:
-    return f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-# core.jobs does not import torch (nor core.checkpoint, which does): the CLI and the UI's polling stay fast.
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (same rule as core.checkpoint.list_checkpoints)."""
-    root = run_dir / "ckpt"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / "state.json").is_file())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Readers (other processes polling status.json) see the old or the new file, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    return pick_device("auto").type
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -1,18 +1,25 @@
-"""Run names and run folders: validation, safe resolution inside the runs folder, unique names.
+"""Run names and run folders: validation, safe resolution inside the runs folder, unique names,
+listing a run's checkpoints and writing its small files atomically.
 
 Every path built from a user-given run name goes through resolve_run_dir, so a name can never point
 outside the runs folder (no separators, no '..', no absolute paths, no symlink that escapes).
+No torch here: core.jobs (the CLI and the UI's polling) uses this module and stays fast to import.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import tempfile
+import time
 from pathlib import Path
 
-from core.config import ConfigError
+from core.config import ConfigError, TrainConfig
 
 MAX_RUN_NAME = 64
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+STATE_FILE = "state.json"  # a checkpoint folder is complete once it holds this file
 
 
 def validate_run_name(name: str) -> str:
@@ -50,3 +57,30 @@ def unique_run_name(runs_dir: str | Path, name: str) -> str:
         suffix = f"-{n}"
         candidate = name[: MAX_RUN_NAME - len(suffix)] + suffix
     return candidate
+
+
+def default_run_name(config: TrainConfig) -> str:
+    return f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders of killed writes excluded)."""
+    root = Path(run_dir) / "ckpt"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small file so a reader (another process polling it) sees the old or the new file, never a torn one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -16,25 +16,14 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import CheckpointError, load_model
+from core.distributed import pick_device
 from core.hf import HFError, is_hf_folder, load_hf_gpt2
 from core.model import GPT
 from core.sampling import SamplingConfig, stream
 from core.tokenizer import TokenizerError
 
 
-def pick_device(name: str = "auto") -> str:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps requested but MPS is not available; use --device cpu")
-    return name
-
-
-def load_any(source: str | Path, device: str = "cpu") -> GPT:
+def load_any(source: str | Path, device: str | torch.device = "cpu") -> GPT:
     """A GPT in eval mode from a run / checkpoint folder of this project, a HF GPT-2 folder or a hub id."""
     p = Path(source).expanduser()
     if is_hf_folder(p) and not (p / "state.json").is_file() and not (p / "ckpt").is_dir():
@@ -82,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_at_eot=not args.no_stop_at_eot,
             num_samples=args.num_samples,
         ).validate()
-        device = pick_device(args.device)
+        device = pick_device(args.device)  # ConfigError (a ValueError) names a device that is not there
         model = load_any(args.checkpoint, device)
         steps = stream(model, prompt, cfg)
     except (ValueError, OSError, CheckpointError, HFError, TokenizerError) as e:

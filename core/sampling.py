@@ -125,19 +125,23 @@ def filter_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     if cfg.greedy:
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     cand, ids = _restrict(logits, cfg)
-    probs = cand.softmax(-1)
-    return probs if ids is None else torch.zeros_like(logits).scatter_(-1, ids, probs)
+    return _over_vocab(cand.softmax(-1), ids, logits)
+
+
+def _over_vocab(probs: torch.Tensor, ids: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """Candidate probabilities placed at their token ids in a (B, V) tensor (zeros elsewhere)."""
+    return probs if ids is None else torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, ids, probs)
 
 
 def _choose(
     logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next token per row (B,), and the filtered probabilities when candidates are reported."""
-    shown = filter_probs(logits, cfg) if cfg.top_candidates else None
     if cfg.greedy:
-        return logits.argmax(-1), shown
+        return logits.argmax(-1), filter_probs(logits, cfg) if cfg.top_candidates else None
     cand, ids = _restrict(logits, cfg)
     probs = cand.softmax(-1)
+    shown = _over_vocab(probs, ids, logits) if cfg.top_candidates else None  # top-k/top-p done once per step
     # argmax(p / E), E ~ Exp(1), picks i with probability p_i (a race of exponential clocks); it is
     # much cheaper than torch.multinomial over 50k entries. The clamp keeps 0/0 out.
     noise = torch.empty_like(probs).exponential_(generator=gen).clamp_(min=torch.finfo(probs.dtype).tiny)
@@ -355,9 +359,7 @@ def stream(model: nn.Module, prompt: str | Sequence[int], cfg: SamplingConfig | 
     Same seed -> same text (on the same device). Stops per sample at <|endoftext|>, a stop string or
     max_new_tokens; the iterator ends when all samples have stopped.
     """
-    cfg = (cfg or SamplingConfig()).validate()
-    tokens = prompt_tokens(prompt, unwrap_model(model).config.vocab_size)
-    return _run(model, [tokens] * cfg.num_samples, cfg)
+    return stream_batch(model, [prompt], cfg or SamplingConfig())
 
 
 def stream_batch(model: nn.Module, prompts: Sequence[str | Sequence[int]], cfg: SamplingConfig) -> Iterator[Step]:
@@ -368,7 +370,7 @@ def stream_batch(model: nn.Module, prompts: Sequence[str | Sequence[int]], cfg: 
     if len(prompts) * cfg.num_samples > MAX_SAMPLES:
         raise ValueError(f"at most {MAX_SAMPLES} rows per batch; got {len(prompts)} prompts x {cfg.num_samples}")
     vocab = unwrap_model(model).config.vocab_size
-    rows = [prompt_tokens(p, vocab) for p in prompts for _ in range(cfg.num_samples)]
+    rows = [tokens for p in prompts for tokens in [prompt_tokens(p, vocab)] * cfg.num_samples]  # encode once
     return _run(model, rows, cfg)
 
 

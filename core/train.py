@@ -45,14 +45,14 @@ from core.checkpoint import (
     save_checkpoint,
     write_text_atomic,
 )
-from core.config import EOT_TOKEN, ConfigError, ModelConfig, TrainConfig
+from core.config import EOT_TOKEN, ConfigError, ModelConfig, TrainConfig, read_config_json
 from core.cpu_malloc import reexec_with_tuned_malloc
 from core.data import BatchLoader, DataError, prepare_for
 from core.hf import HFError
 from core.metrics import MetricsWriter
 from core.model import GPT, load_clean_state_dict, unwrap_model
 from core.optim import make_optimizer, schedule
-from core.runs import resolve_run_dir, validate_run_name
+from core.runs import default_run_name, resolve_run_dir
 
 # Dense peak FLOP/s per GPU (bf16, fp16, fp32-as-TF32) from vendor datasheets; first match wins.
 PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
@@ -155,19 +155,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _config_dict(path: Path) -> dict[str, Any]:
-    d = TrainConfig.from_dict(
-        {k: v for k, v in _read_json(path).items() if k not in ("model_config", "model")}
-    ).to_dict()
-    return d
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid JSON: {e}") from e
+    fields = {k: v for k, v in read_config_json(path).items() if k not in ("model_config", "model")}
+    return TrainConfig.from_dict(fields).to_dict()
 
 
 def find_run(spec: str, runs_dir: str) -> Path:
@@ -175,8 +164,7 @@ def find_run(spec: str, runs_dir: str) -> Path:
     p = Path(spec)
     if p.is_dir() and ((p / "config.json").is_file() or (p / "ckpt").is_dir()):
         return p
-    validate_run_name(spec)
-    run_dir = resolve_run_dir(runs_dir, spec)
+    run_dir = resolve_run_dir(runs_dir, spec)  # validates the name
     if not run_dir.is_dir():
         raise ConfigError(f"no run {spec!r} in {runs_dir}; give the run's name or folder to --resume")
     return run_dir
@@ -209,7 +197,7 @@ def plan_run(args: argparse.Namespace, ctx: D.DistContext) -> Plan:
     base = _config_dict(Path(args.config)) if args.config else {}
     cfg = TrainConfig.from_dict({**base, **overrides})
     if not cfg.run_name:
-        cfg.run_name = D.broadcast_object(f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}", ctx)
+        cfg.run_name = D.broadcast_object(default_run_name(cfg), ctx)
     run_dir = resolve_run_dir(cfg.runs_dir, cfg.run_name)
     if (run_dir / "ckpt").is_dir() and any((run_dir / "ckpt").iterdir()):
         raise ConfigError(
@@ -432,16 +420,13 @@ class Trainer:
         self.compiled.eval()
         losses = torch.zeros((), device=ctx.device)
         mine = range(ctx.rank, n, ctx.world_size)  # rank r takes val batches r, r+W, ...
-        count = 0
         for g in mine:
             x, y = self.val_data.batch(g)
             with self.autocast:
                 _, loss = self.compiled(x, y)
             losses += loss.float()
-            count += 1
         self.compiled.train()
-        mean = D.all_reduce_mean(losses / max(1, count), ctx).item()
-        return mean
+        return D.all_reduce_mean(losses / max(1, len(mine)), ctx).item()
 
     def sample_text(self) -> str:
         from core.sampling import SamplingConfig, generate
@@ -593,9 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     trainer: Trainer | None = None
     ctx = None
     try:
-        pref = _overrides(args).get("device") or "auto"
-        if not args.resume and args.config:
-            pref = _overrides(args).get("device") or _read_json(Path(args.config)).get("device", "auto")
+        flag_device = _overrides(args).get("device")
+        pref = flag_device or "auto"
+        if not flag_device and args.config and not args.resume:
+            pref = read_config_json(args.config).get("device", "auto")
         ctx = D.setup(pref)
         plan = plan_run(args, ctx)
         if ctx.is_main:

@@ -30,7 +30,8 @@ from core.attention import (
     repeated_random_tokens,
 )
 from core.tokenizer import decode, encode
-from playground.model_cache import CACHE, ModelError, refresh_choices
+from playground.model_cache import CACHE, ModelError
+from playground.model_picker import model_picker
 
 DEFAULT_TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
@@ -339,15 +340,11 @@ def show_callback(runs_dir: Path, choice, text_value, layer_value, head_value, a
 def build_tab(runs_dir: Path) -> None:
     """The Attention tab's components and events (called inside `with gr.Tab(...)`)."""
     runs_dir = Path(runs_dir)
-    choices, value, missing = refresh_choices(runs_dir, None)
     gr.Markdown(
         "Which tokens does each head look at? Rows are queries (the token being predicted from), "
         "columns keys (the tokens it attends to); each row sums to 1."
     )
-    with gr.Row(equal_height=True):
-        model = gr.Dropdown(choices, value=value, label="Model / checkpoint", scale=6, elem_id="attn-model")
-        refresh = gr.Button("⟳ Refresh", scale=0, min_width=110, elem_id="attn-refresh")
-    missing_md = gr.Markdown(missing, visible=bool(missing), elem_id="attn-missing", elem_classes=["status-card"])
+    model, _ = model_picker(runs_dir, "attn")
     text = gr.Textbox(DEFAULT_TEXT, label="Text", lines=3, max_lines=8, elem_id="attn-text")
     with gr.Row():
         run = gr.Button("Show attention", variant="primary", elem_id="attn-run")
@@ -371,10 +368,6 @@ def build_tab(runs_dir: Path) -> None:
             summary_md = gr.Markdown(elem_id="attn-summary-note")
     gr.Markdown("#### All heads — click one to open it (hover for its scores)")
     grid = gr.HTML(css_template=GRID_CSS, js_on_load=GRID_JS, elem_id="attn-grid")
-
-    def on_refresh(current):
-        new_choices, new_value, message = refresh_choices(runs_dir, current)
-        return gr.update(choices=new_choices, value=new_value), gr.update(value=message, visible=bool(message))
 
     def redraw(key_value, layer_value, head_value, average_value):
         result = _recall(key_value)
@@ -403,7 +396,6 @@ def build_tab(runs_dir: Path) -> None:
     show = functools.partial(show_callback, runs_dir)
     inputs = [model, text, layer, head, average, kind]
     outputs = [note, chips, layer, head, heatmap, summary, summary_md, grid, key]
-    refresh.click(on_refresh, model, [model, missing_md])
     run.click(show, inputs, outputs)
     text.submit(show, inputs, outputs)
     model.input(show, inputs, outputs)
@@ -412,7 +404,3 @@ def build_tab(runs_dir: Path) -> None:
         control.input(redraw, [key, layer, head, average], heatmap, js=HIGHLIGHT_JS, trigger_mode="always_last")
     kind.change(redraw_summary, [key, kind], [summary, summary_md])
     grid.click(pick, key, [layer, head, average, heatmap])
-    # Opening the tab refreshes the model list: runs may have appeared since the page was loaded.
-    parent = gr.context.get_render_context()
-    opened = parent.select if isinstance(parent, gr.Tab) else gr.context.Context.root_block.load
-    opened(on_refresh, model, [model, missing_md])

@@ -116,6 +116,12 @@ def _empty(fig: go.Figure, text: str) -> go.Figure:
     return fig
 
 
+def _line(xs: list, ys: list, max_points: int, keep_spikes: bool = True, **kw: Any) -> go.Scatter:
+    """A line trace through at most about max_points of the points (see downsample_indices)."""
+    keep = downsample_indices(len(ys), max_points, ys if keep_spikes else None)
+    return go.Scatter(x=[xs[j] for j in keep], y=[ys[j] for j in keep], mode="lines", **kw)
+
+
 def loss_figure(
     runs: dict[str, Records],
     smoothing: float = 0.6,
@@ -137,13 +143,11 @@ def loss_figure(
         if train:
             xs = x_values(train, x_axis, train, t0)
             raw = [r.get("loss") for r in train]
-            smooth = ema(raw, smoothing)
-            keep = downsample_indices(len(train), max_points, raw)
             fig.add_trace(
-                go.Scatter(
-                    x=[xs[j] for j in keep],
-                    y=[raw[j] for j in keep],
-                    mode="lines",
+                _line(
+                    xs,
+                    raw,
+                    max_points,
                     line=dict(color=color, width=1),
                     opacity=0.25,
                     name=f"{label} (raw)",
@@ -152,12 +156,12 @@ def loss_figure(
                     hoverinfo="skip",
                 )
             )
-            keep = downsample_indices(len(train), max_points)
             fig.add_trace(
-                go.Scatter(
-                    x=[xs[j] for j in keep],
-                    y=[smooth[j] for j in keep],
-                    mode="lines",
+                _line(
+                    xs,
+                    ema(raw, smoothing),
+                    max_points,
+                    keep_spikes=False,  # an average has none: evenly spaced points draw it best
                     line=dict(color=color, width=2.2),
                     name=f"{label} loss" if len(runs) > 1 else "train loss (smoothed)",
                     legendgroup=name,
@@ -219,12 +223,11 @@ def health_figure(
             ys = [r.get(key) for r in train]
             if key == "mfu":
                 ys = [y * 100 if _finite(y) else None for y in ys]
-            keep = downsample_indices(len(train), max_points, ys)
             fig.add_trace(
-                go.Scatter(
-                    x=[xs[j] for j in keep],
-                    y=[ys[j] for j in keep],
-                    mode="lines",
+                _line(
+                    xs,
+                    ys,
+                    max_points,
                     line=dict(color=color, width=1.6),
                     name=name,
                     legendgroup=name,

@@ -22,7 +22,8 @@ import torch
 from core.attention import token_label
 from core.config import GPT2_VOCAB_SIZE
 from core.sampling import MAX_SAMPLES, SamplingConfig, filter_probs, prompt_tokens, stream
-from playground.model_cache import CACHE, LoadedModel, ModelError, refresh_choices
+from playground.model_cache import CACHE, LoadedModel, ModelError
+from playground.model_picker import model_picker
 
 DEFAULT_PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?\n"
 MAX_UI_SAMPLES = 8
@@ -391,11 +392,7 @@ def preview_callback(runs_dir: Path, choice, text, temp, k, p, pos):
 def build_tab(runs_dir: Path) -> None:
     """The Sampling tab's components and events (called inside `with gr.Tab(...)`)."""
     runs_dir = Path(runs_dir)
-    choices, value, missing = refresh_choices(runs_dir, None)
-    with gr.Row(equal_height=True):
-        model = gr.Dropdown(choices, value=value, label="Model / checkpoint", scale=6, elem_id="sample-model")
-        refresh = gr.Button("⟳ Refresh", scale=0, min_width=110, elem_id="sample-refresh")
-    missing_md = gr.Markdown(missing, visible=bool(missing), elem_id="sample-missing", elem_classes=["status-card"])
+    model, refreshed = model_picker(runs_dir, "sample")
     with gr.Row():
         with gr.Column(scale=5):
             prompt = gr.Textbox(
@@ -472,10 +469,6 @@ def build_tab(runs_dir: Path) -> None:
             chips = gr.HTML(css_template=CHIPS_CSS, js_on_load=CHIPS_JS, elem_id="sample-chips")
     position = gr.State(-1)  # prompt position whose next token is shown; -1 = the last one
 
-    def on_refresh(current):
-        new_choices, new_value, message = refresh_choices(runs_dir, current)
-        return gr.update(choices=new_choices, value=new_value), gr.update(value=message, visible=bool(message))
-
     # Plain functions, not functools.partial: Gradio finds the gr.Request parameter through type hints.
     def on_generate(choice, text, temp, k, p, new, seed_value, stop_value, eot_value, n, request: gr.Request):
         yield from generate_callback(
@@ -496,7 +489,6 @@ def build_tab(runs_dir: Path) -> None:
     generate.click(on_generate, gen_inputs, [output, status], show_progress="hidden")
     prompt.submit(on_generate, gen_inputs, [output, status], show_progress="hidden")
     stop.click(on_stop, None, None, queue=False)
-    refresh.click(on_refresh, model, [model, missing_md]).then(on_preview, preview_inputs, preview_outputs)
     model.input(on_preview, preview_inputs, preview_outputs)
     prompt.input(lambda: -1, None, position, queue=False).then(
         on_preview, preview_inputs, preview_outputs, trigger_mode="always_last"
@@ -504,8 +496,7 @@ def build_tab(runs_dir: Path) -> None:
     for control in (temperature, top_k, top_p):
         control.change(on_preview, preview_inputs, preview_outputs, trigger_mode="always_last", show_progress="hidden")
     chips.click(pick, None, position).then(on_preview, preview_inputs, preview_outputs, show_progress="hidden")
-    # Opening the tab refreshes the model list (runs may have appeared) and draws the chart; nothing is
-    # loaded on page load, so a person who only trains never pays for a model in memory.
-    parent = gr.context.get_render_context()
-    opened = parent.select if isinstance(parent, gr.Tab) else gr.context.Context.root_block.load
-    opened(on_refresh, model, [model, missing_md]).then(on_preview, preview_inputs, preview_outputs)
+    # A refreshed model list (Refresh, or opening the tab) draws the chart; nothing is loaded on page load, so a
+    # person who only trains never pays for a model in memory.
+    for event in refreshed:
+        event.then(on_preview, preview_inputs, preview_outputs)

@@ -4,54 +4,33 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.metrics import read_all
+from tests.helpers import MICRO, ROOT, records, run_cmd, train_cmd
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = str(ROOT / "data" / "cache")
 # micro-batch 4 x 32 tokens; 512 tokens a step = accumulation 4 on 1 process, 2 on each of 2 processes
 ARGS = [
-    "--preset",
-    "micro",
-    "--data-cache",
-    CACHE,
+    *MICRO,
     "--batch-size",
     "4",
     "--total-batch-tokens",
     "512",
     "--max-steps",
     "6",
-    "--warmup-steps",
-    "2",
     "--eval-interval",
     "3",
-    "--eval-batches",
-    "2",
     "--ckpt-interval",
     "0",
 ]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-
-
-def train_cmd(runs, *args, nproc=1):
-    launcher = TORCHRUN if nproc > 1 else [sys.executable]
-    return [*launcher, "-m", "core.train", "--runs-dir", str(runs), *args]
-
-
-def recs(run, kind):
-    return [r for r in read_all(run / "metrics.jsonl") if r["kind"] == kind]
 
 
 def run_ok(cmd, timeout=300):
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    out = run_cmd(cmd, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
@@ -66,13 +45,13 @@ def reference(tmp_path_factory):
 def test_two_processes_equal_one_with_double_accumulation(reference, tmp_path):
     run_ok(train_cmd(tmp_path, *ARGS, "--run-name", "two", nproc=2))
     two = tmp_path / "two"
-    start = recs(two, "status")[0]
+    start = records(two, "status")[0]
     assert (start["world_size"], start["grad_accum"], start["tokens_per_step"]) == (2, 2, 512)
-    assert recs(reference, "status")[0]["grad_accum"] == 4
-    ref_losses = [r["loss"] for r in recs(reference, "train")]
-    assert [r["loss"] for r in recs(two, "train")] == pytest.approx(ref_losses, rel=1e-5)
-    assert [r["val_loss"] for r in recs(two, "eval")] == pytest.approx(
-        [r["val_loss"] for r in recs(reference, "eval")], rel=1e-5
+    assert records(reference, "status")[0]["grad_accum"] == 4
+    ref_losses = [r["loss"] for r in records(reference, "train")]
+    assert [r["loss"] for r in records(two, "train")] == pytest.approx(ref_losses, rel=1e-5)
+    assert [r["val_loss"] for r in records(two, "eval")] == pytest.approx(
+        [r["val_loss"] for r in records(reference, "eval")], rel=1e-5
     )
     a = load_file(reference / "ckpt" / "step-000006" / "model.safetensors")
     b = load_file(two / "ckpt" / "step-000006" / "model.safetensors")
@@ -92,7 +71,7 @@ def test_sigterm_to_torchrun_group_stops_all_ranks_and_resume_is_exact(reference
         start_new_session=True,
     )
     deadline = time.time() + 240
-    while not (run / "metrics.jsonl").exists() or not recs(run, "train"):
+    while not (run / "metrics.jsonl").exists() or not records(run, "train"):
         assert time.time() < deadline and proc.poll() is None, (tmp_path / "train.log").read_text()
         time.sleep(0.1)
     workers = psutil.Process(proc.pid).children(recursive=True)
@@ -104,7 +83,7 @@ def test_sigterm_to_torchrun_group_stops_all_ranks_and_resume_is_exact(reference
     took = time.time() - t0
     assert not alive, "a rank outlived the stop"
     assert took < 20, f"stopping took {took:.1f}s"
-    status = recs(run, "status")[-1]
+    status = records(run, "status")[-1]
     assert status["state"] == "stopped", (tmp_path / "train.log").read_text()[-3000:]
     k = status["step"]
     assert 1 <= k < 6
@@ -113,30 +92,23 @@ def test_sigterm_to_torchrun_group_stops_all_ranks_and_resume_is_exact(reference
     shutil.copytree(run, tmp_path / "sig1")  # the same stopped run, to resume on one process below
 
     run_ok(train_cmd(tmp_path, "--resume", "sig", nproc=2))
-    ref = [r["loss"] for r in recs(reference, "train")]
-    assert [r["step"] for r in recs(run, "train")] == list(range(1, 7))
-    assert [r["loss"] for r in recs(run, "train")] == pytest.approx(ref, rel=1e-5)
+    ref = [r["loss"] for r in records(reference, "train")]
+    assert [r["step"] for r in records(run, "train")] == list(range(1, 7))
+    assert [r["loss"] for r in records(run, "train")] == pytest.approx(ref, rel=1e-5)
 
     # World size 2 -> 1 with the same total batch: accumulation doubles, the curve goes on unchanged.
     run_ok(train_cmd(tmp_path, "--resume", "sig1"))
-    assert recs(tmp_path / "sig1", "status")[-2]["grad_accum"] == 4
-    assert [r["loss"] for r in recs(tmp_path / "sig1", "train")] == pytest.approx(ref, rel=1e-5)
+    assert records(tmp_path / "sig1", "status")[-2]["grad_accum"] == 4
+    assert [r["loss"] for r in records(tmp_path / "sig1", "train")] == pytest.approx(ref, rel=1e-5)
 
 
 def test_crashing_rank_fails_the_job_without_hanging(tmp_path):
     env = {**os.environ, "PLAYGROUND_TEST_CRASH_RANK": "1", "PLAYGROUND_TEST_CRASH_STEP": "2"}
     t0 = time.time()
-    out = subprocess.run(
-        train_cmd(tmp_path, *ARGS, "--run-name", "crash", nproc=2),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
+    out = run_cmd(train_cmd(tmp_path, *ARGS, "--run-name", "crash", nproc=2), timeout=180, env=env)
     log = out.stdout + out.stderr
     assert out.returncode != 0
     assert "test fault injection: rank 1 crashed at step 2" in log
-    status = recs(tmp_path / "crash", "status")[-1]
+    status = records(tmp_path / "crash", "status")[-1]
     assert status["state"] == "failed" and "lost contact with another rank" in status["message"]
     assert time.time() - t0 < 150

@@ -14,8 +14,8 @@ import pytest
 
 from core.config import ConfigError, TrainConfig
 from core.jobs import JOB_ENV, JobError, Jobs
+from tests.helpers import ROOT, records, run_cmd, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 HAVE_TRAINER = (ROOT / "core" / "train.py").is_file()
 needs_trainer = pytest.mark.skipif(not HAVE_TRAINER, reason="core/train.py not there yet")
 
@@ -37,16 +37,6 @@ def micro(name: str, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def wait_for(pred, timeout: float, what: str, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def procs_with_job_id(job_id: str) -> list[int]:
     """Every live (non-zombie) process carrying the job id, found independently of core.jobs."""
     needle = f"{JOB_ENV}={job_id}".encode()
@@ -66,19 +56,11 @@ def job_record(jobs: Jobs, name: str) -> dict:
 
 
 def train_steps(jobs: Jobs, name: str) -> list[int]:
-    path = jobs.run_dir(name) / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [r["step"] for r in map(json.loads, lines) if r.get("kind") == "train"]
+    return [r["step"] for r in records(jobs.run_dir(name), "train")]
 
 
 def cli(runs: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "core.jobs", "--runs-dir", str(runs), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cmd([sys.executable, "-m", "core.jobs", "--runs-dir", str(runs), *args], timeout=timeout)
 
 
 @pytest.fixture
@@ -258,9 +240,7 @@ print(json.dumps({"runs": [[s.name, s.state, s.pid, s.step] for s in runs],
 
 
 def steps_after(jobs: Jobs, name: str, since: float) -> list[int]:
-    path = jobs.run_dir(name) / "metrics.jsonl"
-    recs = [json.loads(line) for line in path.read_text().splitlines()]
-    return [r["step"] for r in recs if r.get("kind") == "train" and r["time"] >= since]
+    return [r["step"] for r in records(jobs.run_dir(name), "train") if r["time"] >= since]
 
 
 def dead(pid: int) -> bool:

@@ -3,56 +3,40 @@
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from safetensors.torch import load_file
 
-from core.metrics import read_all
+from tests.helpers import MICRO, ROOT, records, run_cmd, train_cmd
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = str(ROOT / "data" / "cache")
 # dropout > 0 so the RNG state has to be restored too
 ARGS = [
-    "--preset",
-    "micro",
-    "--data-cache",
-    CACHE,
+    *MICRO,
     "--batch-size",
     "4",
     "--max-steps",
     "8",
-    "--warmup-steps",
-    "2",
     "--dropout",
     "0.1",
     "--eval-interval",
     "4",
-    "--eval-batches",
-    "2",
     "--ckpt-interval",
     "0",
 ]
 
 
 def losses(run):
-    return [(r["step"], r["loss"]) for r in read_all(run / "metrics.jsonl") if r["kind"] == "train"]
-
-
-def cmd(runs, *args):
-    return [sys.executable, "-m", "core.train", "--runs-dir", str(runs), *args]
+    return [(r["step"], r["loss"]) for r in records(run, "train")]
 
 
 def test_stop_and_resume_is_exact(tmp_path):
-    straight = subprocess.run(
-        cmd(tmp_path, *ARGS, "--run-name", "straight"), cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    straight = run_cmd(train_cmd(tmp_path, *ARGS, "--run-name", "straight"))
     assert straight.returncode == 0, straight.stderr
 
     run = tmp_path / "part"
     proc = subprocess.Popen(
-        cmd(tmp_path, *ARGS, "--run-name", "part"),
+        train_cmd(tmp_path, *ARGS, "--run-name", "part"),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -65,19 +49,17 @@ def test_stop_and_resume_is_exact(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    status = [r for r in read_all(run / "metrics.jsonl") if r["kind"] == "status"][-1]
+    status = records(run, "status")[-1]
     assert status["state"] == "stopped", out
     k = status["step"]
     assert 1 <= k < 8, "the run finished before the signal; the test needs a stop in the middle"
     assert Path(status["checkpoint"]).name == f"step-{k:06d}"
     assert "SIGINT received" in out and f"--resume {run}" in out
 
-    changed = subprocess.run(
-        cmd(tmp_path, "--resume", "part", "--batch-size", "2"), cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    changed = run_cmd(train_cmd(tmp_path, "--resume", "part", "--batch-size", "2"))
     assert changed.returncode == 2 and "cannot resume" in changed.stderr and "batch_size 4 -> 2" in changed.stderr
 
-    resumed = subprocess.run(cmd(tmp_path, "--resume", "part"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    resumed = run_cmd(train_cmd(tmp_path, "--resume", "part"))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'ckpt' / f'step-{k:06d}'} at step {k}" in resumed.stdout
 
@@ -96,5 +78,5 @@ def test_stop_and_resume_is_exact(tmp_path):
     # No pickle anywhere: a checkpoint is safetensors + JSON only.
     for ckpt in (run / "ckpt").glob("step-*"):
         assert {p.suffix for p in ckpt.iterdir()} <= {".safetensors", ".json"}
-    statuses = [r["state"] for r in read_all(run / "metrics.jsonl") if r["kind"] == "status"]
+    statuses = [r["state"] for r in records(run, "status")]
     assert statuses == ["running", "stopped", "running", "done"]  # the refused resume changed nothing

@@ -3,36 +3,18 @@
 import dataclasses
 import json
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from core import distributed as D
 from core.config import TrainConfig
-from core.metrics import read_all
 from core.train import Plan, StopFlag, Trainer, build_parser, main
-
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = str(ROOT / "data" / "cache")
-MICRO = ["--preset", "micro", "--data-cache", CACHE, "--eval-batches", "2", "--warmup-steps", "2"]
+from tests.helpers import CACHE, MICRO, records, run_cmd, train_cmd
 
 
 def train(args, runs, timeout=300, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "core.train", "--runs-dir", str(runs), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
-def records(run_dir, kind):
-    return [r for r in read_all(Path(run_dir) / "metrics.jsonl") if r["kind"] == kind]
+    return run_cmd(train_cmd(runs, *args), timeout=timeout, env=env)
 
 
 def test_every_config_field_is_a_flag():

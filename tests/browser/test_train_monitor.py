@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
+
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -27,16 +27,6 @@ def plot_points(page) -> int:
     )
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def pick(page, elem_id: str, option: str) -> None:
     page.locator(f"#{elem_id} input").first.click()
     page.get_by_role("option", name=option, exact=True).click()
@@ -56,8 +46,8 @@ def launch_and_watch(page) -> int:
     page.wait_for_selector("#train-message:has-text('Launched')", timeout=60_000)
     # The launched run opens in Monitor and its curve grows from one refresh to the next.
     page.wait_for_selector("#monitor-status [data-state='running']", timeout=60_000)
-    first = wait_for(lambda: plot_points(page), 120, "the first loss points")
-    return wait_for(lambda: (n := plot_points(page)) > first and n, 60, f"more than {first} loss points")
+    first = wait_for(lambda: plot_points(page), 120, "the first loss points", poll=0.5)
+    return wait_for(lambda: (n := plot_points(page)) > first and n, 60, f"more than {first} loss points", poll=0.5)
 
 
 def stop_and_wait(page) -> None:
@@ -88,10 +78,10 @@ def test_launch_watch_stop_and_reattach(app_server, page, tmp_path, screenshot_d
     assert (runs / "ui-single" / "ckpt" / "latest").is_file()  # the trainer saved a checkpoint on stop
 
     # Resume continues from that checkpoint: running again, and the same curve keeps growing.
-    stopped_at = wait_for(lambda: plot_points(page), 10, "the stopped curve")
+    stopped_at = wait_for(lambda: plot_points(page), 10, "the stopped curve", poll=0.5)
     page.click("#monitor-resume")
     page.wait_for_selector("#monitor-status [data-state='running']", timeout=60_000)
-    points = wait_for(lambda: (n := plot_points(page)) > stopped_at and n, 90, "the resumed curve to grow")
+    points = wait_for(lambda: (n := plot_points(page)) > stopped_at and n, 90, "the resumed curve to grow", poll=0.5)
     page.screenshot(path=str(screenshot_dir / "monitor.png"), full_page=True)
     stop_and_wait(page)
 
@@ -102,7 +92,7 @@ def test_launch_watch_stop_and_reattach(app_server, page, tmp_path, screenshot_d
     page.get_by_role("tab", name="Monitor").click()
     page.wait_for_selector("#monitor-status [data-state='stopped']")
     assert "ui-single" in page.locator("#monitor-run input").first.input_value()
-    wait_for(lambda: plot_points(page) >= points, 30, "the curve after the restart")
+    wait_for(lambda: plot_points(page) >= points, 30, "the curve after the restart", poll=0.5)
     page.get_by_role("tab", name="Models").click()
     page.locator("#models-table >> text=ui-single >> visible=true").first.wait_for()
     page.screenshot(path=str(screenshot_dir / "models.png"), full_page=True)
