@@ -14,7 +14,15 @@ EOT_TOKEN = 50256
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot work; the message names the field and the fix."""
+    """A configuration that cannot work; the message names the problem and the fix.
+
+    `field` is the TrainConfig field (or form field, e.g. "run_name") it belongs to, when there is one,
+    so a UI can put the message under that field without parsing it.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -75,7 +83,7 @@ PRESETS: dict[str, dict[str, int]] = {
 def model_config(preset: str = "gpt2", **overrides: Any) -> ModelConfig:
     """The ModelConfig of a preset, with any non-None overrides applied and validated."""
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}", field="preset")
     values: dict[str, Any] = dict(PRESETS[preset])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ModelConfig(**values).validate()
@@ -164,7 +172,8 @@ class TrainConfig:
             raise ConfigError(
                 f"total_batch_tokens ({total}) must be a multiple of batch_size x seq_len x processes "
                 f"= {self.batch_size} x {self.effective_seq_len} x {world_size} = {per}; "
-                f"try {max(per, round(total / per) * per)}"
+                f"try {max(per, round(total / per) * per)}",
+                field="total_batch_tokens",
             )
         return total // per
 
@@ -177,29 +186,36 @@ class TrainConfig:
     def validate(self, world_size: int | None = None) -> TrainConfig:
         mc = self.model_config()
         checks = [
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.max_steps >= 1 or bool(self.max_tokens), "max_steps must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (0 <= self.effective_min_lr <= self.lr, "min_lr must be between 0 and lr"),
-            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must be in [0, 1)"),
-            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)"),
-            (self.eval_interval >= 0 and self.ckpt_interval >= 0, "intervals must be >= 0"),
-            (self.eval_batches >= 1, "eval_batches must be >= 1"),
-            (self.keep_last >= 1, "keep_last must be >= 1"),
-            (0 < self.val_fraction < 1 or self.val_data is not None, "val_fraction must be in (0, 1)"),
-            (self.device in ("auto", "cpu", "cuda", "mps"), "device must be auto, cpu, cuda or mps"),
-            (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16"),
-            (self.nproc >= 1, "nproc must be >= 1"),
-            (self.parallel in ("ddp", "fsdp"), "parallel must be ddp or fsdp"),
+            (self.batch_size >= 1, "batch_size", "batch_size must be >= 1"),
+            (self.max_steps >= 1 or bool(self.max_tokens), "max_steps", "max_steps must be >= 1"),
+            (self.lr > 0, "lr", "lr must be > 0"),
+            (0 <= self.effective_min_lr <= self.lr, "min_lr", "min_lr must be between 0 and lr"),
+            (self.warmup_steps >= 0, "warmup_steps", "warmup_steps must be >= 0"),
+            (self.weight_decay >= 0, "weight_decay", "weight_decay must be >= 0"),
+            (0 <= self.beta1 < 1, "beta1", "beta1 must be in [0, 1)"),
+            (0 <= self.beta2 < 1, "beta2", "beta2 must be in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip", "grad_clip must be >= 0 (0 disables clipping)"),
+            (self.eval_interval >= 0, "eval_interval", "eval_interval must be >= 0 (0: never)"),
+            (self.ckpt_interval >= 0, "ckpt_interval", "ckpt_interval must be >= 0 (0: only at the end)"),
+            (self.eval_batches >= 1, "eval_batches", "eval_batches must be >= 1"),
+            (self.keep_last >= 1, "keep_last", "keep_last must be >= 1"),
+            (0 < self.val_fraction < 1 or self.val_data is not None, "val_fraction", "val_fraction must be in (0, 1)"),
+            (self.device in ("auto", "cpu", "cuda", "mps"), "device", "device must be auto, cpu, cuda or mps"),
+            (
+                self.precision in ("auto", "fp32", "bf16", "fp16"),
+                "precision",
+                "precision must be auto, fp32, bf16 or fp16",
+            ),
+            (self.nproc >= 1, "nproc", "nproc must be >= 1"),
+            (self.parallel == "ddp", "parallel", f"parallel {self.parallel!r} is not available; use ddp"),
         ]
-        for ok, message in checks:
+        for ok, name, message in checks:
             if not ok:
-                raise ConfigError(message)
+                raise ConfigError(message, field=name)
         if self.seq_len is not None and not 1 <= self.seq_len <= mc.block_size:
             raise ConfigError(
-                f"seq_len ({self.seq_len}) must be between 1 and the model's block_size ({mc.block_size})"
+                f"seq_len ({self.seq_len}) must be between 1 and the model's block_size ({mc.block_size})",
+                field="seq_len",
             )
         self.grad_accum_steps(world_size or self.nproc)
         return self

@@ -25,14 +25,18 @@ STATE_FILE = "state.json"  # a checkpoint folder is complete once it holds this 
 def validate_run_name(name: str) -> str:
     """Return name if it is a safe run-folder name, else raise ConfigError saying what to change."""
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError("run name is empty; give a name such as 'tiny-shakespeare'")
+        raise ConfigError("run name is empty; give a name such as 'tiny-shakespeare'", field="run_name")
     if len(name) > MAX_RUN_NAME:
-        raise ConfigError(f"run name is {len(name)} characters long; use at most {MAX_RUN_NAME}")
+        raise ConfigError(f"run name is {len(name)} characters long; use at most {MAX_RUN_NAME}", field="run_name")
     if not _NAME_RE.fullmatch(name):
         bad = sorted({c for c in name if not _NAME_RE.fullmatch(c)})
-        raise ConfigError(f"run name {name!r} contains {''.join(bad)!r}; use only letters, digits, '-', '_' and '.'")
+        raise ConfigError(
+            f"run name {name!r} contains {''.join(bad)!r}; use only letters, digits, '-', '_' and '.'", field="run_name"
+        )
     if ".." in name or name.startswith("."):
-        raise ConfigError(f"run name {name!r} must not start with '.' or contain '..'; e.g. use '-' instead")
+        raise ConfigError(
+            f"run name {name!r} must not start with '.' or contain '..'; e.g. use '-' instead", field="run_name"
+        )
     return name
 
 
