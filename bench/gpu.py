@@ -7,7 +7,7 @@
    autocast; the losses must agree within a tolerance.
 2. training throughput of the gpt2 preset: bf16 autocast, fused AdamW, flash SDPA, padded
    vocabulary, eager and torch.compile; tokens/s and MFU (peak from core.train.PEAK_FLOPS).
-3. KV-cache sampling (core.sampling, greedy) vs transformers' generate on the same weights.
+3. KV-cache sampling (core.generation, greedy) vs transformers' generate on the same weights.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.config import model_config  # noqa: E402
 from core.hf import export_hf  # noqa: E402
 from core.model import GPT  # noqa: E402
-from core.sampling import SamplingConfig, generate_tokens  # noqa: E402
+from core.generation import SamplingConfig, generate_tokens  # noqa: E402
 from core.train import peak_flops  # noqa: E402
 
 

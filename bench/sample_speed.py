@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from core.config import PRESETS, model_config  # noqa: E402
 from core.hf import export_hf  # noqa: E402
 from core.model import GPT  # noqa: E402
-from core.sampling import SamplingConfig, generate_tokens  # noqa: E402
+from core.generation import SamplingConfig, generate_tokens  # noqa: E402
 
 
 def timed(fns: dict[str, Callable[[], list[int]]], device: str, repeats: int) -> dict[str, tuple[float, list[int]]]:

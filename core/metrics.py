@@ -41,20 +41,32 @@ class MetricsWriter:
 
 
 class MetricsReader:
-    """Reads only what was appended since the last call; a partial last line waits for the next."""
+    """Reads only what was appended since the last call; a partial last line waits for the next.
+
+    When the file was replaced since the last call (a run deleted and launched again under the same
+    name: another inode, or a shorter file), reading starts over and `replaced` is True until the
+    next call, so a caller holding earlier records knows to drop them.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.offset = 0
+        self.replaced = False
+        self._ino: int | None = None
 
     def read_new(self) -> list[dict[str, Any]]:
+        self.replaced = False
         try:
             with open(self.path, "rb") as f:
-                if f.seek(0, os.SEEK_END) < self.offset:  # file was replaced: start over
-                    self.offset = 0
+                st = os.fstat(f.fileno())
+                if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self.offset:
+                    self.offset, self.replaced = 0, True
+                self._ino = st.st_ino
                 f.seek(self.offset)
                 chunk = f.read()
         except FileNotFoundError:
+            if self._ino is not None:  # deleted: what was read belongs to a run that is gone
+                self.offset, self._ino, self.replaced = 0, None, True
             return []
         end = chunk.rfind(b"\n") + 1
         self.offset += end

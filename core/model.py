@@ -174,7 +174,7 @@ class GPT(nn.Module):
         if pos + T > self.config.block_size:
             raise ValueError(
                 f"sequence of {pos + T} tokens exceeds the context window ({self.config.block_size}); "
-                "crop the input or use core.sampling, which slides the window"
+                "crop the input or use core.generation, which slides the window"
             )
         positions = torch.arange(pos, pos + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))

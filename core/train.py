@@ -429,7 +429,7 @@ class Trainer:
         return D.all_reduce_mean(losses / max(1, len(mine)), ctx).item()
 
     def sample_text(self) -> str:
-        from core.sampling import SamplingConfig, generate
+        from core.generation import SamplingConfig, generate
 
         model = unwrap_model(self.model)
         model.eval()

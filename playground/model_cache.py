@@ -29,7 +29,7 @@ class ModelError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    model: GPT  # eval mode; core.sampling attaches its KV caches to it only under its per-model lock
+    model: GPT  # eval mode; core.generation attaches its KV caches to it only under its per-model lock
     probe: GPT  # the same weights, for cache-free forwards (attention maps, next-token view) without that lock
     path: Path  # the checkpoint folder
     step: int
@@ -164,7 +164,7 @@ class ModelCache:
 def private_view(model: GPT) -> GPT:
     """A new module tree that shares every parameter and buffer with `model` (no copy of the weights).
 
-    KV caches live on the modules: core.sampling attaches a stream's caches to the shared model for the
+    KV caches live on the modules: core.generation attaches a stream's caches to the shared model for the
     duration of one forward, so a forward without caches must not run on that same tree meanwhile.
     """
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}

@@ -1,5 +1,5 @@
 """The Sampling tab: stream samples from any checkpoint, and see what temperature, top-k and top-p do to the
-next-token distribution. All generation goes through core.sampling; this module only maps the form to a
+next-token distribution. All generation goes through core.generation; this module only maps the form to a
 SamplingConfig and draws the results.
 """
 
@@ -21,7 +21,7 @@ import torch
 
 from core.attention import token_label
 from core.config import GPT2_VOCAB_SIZE
-from core.sampling import MAX_SAMPLES, SamplingConfig, filter_probs, prompt_tokens, stream
+from core.generation import MAX_SAMPLES, SamplingConfig, filter_probs, prompt_tokens, stream
 from playground.model_cache import CACHE, LoadedModel, ModelError
 from playground.model_picker import model_picker
 
@@ -155,7 +155,7 @@ def run_generation(
     """
     loaded = loaded or CACHE.get(runs_dir, choice)
     block = loaded.config.block_size
-    keep = min(cfg.window_keep or max(1, block // 2), max(1, block - 1))  # as core.sampling slides the window
+    keep = min(cfg.window_keep or max(1, block // 2), max(1, block - 1))  # as core.generation slides the window
     n_prompt = len(prompt_tokens(prompt))
     n = cfg.num_samples
     texts, reasons = [""] * n, [None] * n

@@ -1,4 +1,4 @@
-"""The Sampling tab's callbacks (form -> core.sampling, streaming, next-token view) and the model list/cache
+"""The Sampling tab's callbacks (form -> core.generation, streaming, next-token view) and the model list/cache
 shared with the Attention tab, on real checkpoints written to a temporary runs folder."""
 
 import json
@@ -13,7 +13,7 @@ import torch
 from core.checkpoint import save_checkpoint
 from core.config import model_config
 from core.model import GPT
-from core.sampling import SamplingConfig, filter_probs, generate
+from core.generation import SamplingConfig, filter_probs, generate
 from playground import sampling_tab
 from playground.attention_tab import show_callback
 from playground.model_cache import (
@@ -100,7 +100,7 @@ def test_same_seed_same_text_through_the_callback(runs):
     assert len(texts) == 2 and all(texts) and texts == _completions(again[0])
     assert texts != _completions(other[0])
     assert first[1].startswith("Done") and "tokens/s" in first[1] and "first token after" in first[1]
-    # The UI shows exactly what core.sampling generates for the same settings.
+    # The UI shows exactly what core.generation generates for the same settings.
     model = CACHE.get(runs, "micro-run").model
     cfg = SamplingConfig(max_new_tokens=12, temperature=0.9, top_k=None, seed=123, stop_at_eot=False, num_samples=2)
     assert texts == generate(model, "Hello there", cfg)

@@ -12,7 +12,7 @@ from core.checkpoint import save_checkpoint
 from core.config import EOT_TOKEN, model_config
 from core.hf import export_hf
 from core.model import GPT
-from core.sampling import SamplingConfig, filter_probs, generate, generate_batch, generate_tokens, stream
+from core.generation import SamplingConfig, filter_probs, generate, generate_batch, generate_tokens, stream
 from core.tokenizer import encode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,7 +251,7 @@ def test_cli_errors_are_one_line(tmp_path, run_dir, capsys):
 
 
 def test_sampled_frequencies_follow_the_filtered_distribution():
-    from core.sampling import _choose
+    from core.generation import _choose
 
     logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0]]).repeat(40000, 1)
     for cfg in [SamplingConfig(seed=0), SamplingConfig(seed=0, top_k=3, temperature=0.7), SamplingConfig(top_p=0.6)]:

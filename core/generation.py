@@ -206,7 +206,7 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def model_lock(model: nn.Module) -> threading.Lock:
-    """The lock core.sampling holds while it runs a forward on this model (with its caches attached)."""
+    """The lock core.generation holds while it runs a forward on this model (with its caches attached)."""
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(model, threading.Lock())
 
