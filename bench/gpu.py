@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.config import model_config  # noqa: E402
+from core.generation import SamplingConfig, generate_tokens  # noqa: E402
 from core.hf import export_hf  # noqa: E402
 from core.model import GPT  # noqa: E402
-from core.generation import SamplingConfig, generate_tokens  # noqa: E402
 from core.train import peak_flops  # noqa: E402
 
 

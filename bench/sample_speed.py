@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from core.config import PRESETS, model_config  # noqa: E402
+from core.generation import SamplingConfig, generate_tokens  # noqa: E402
 from core.hf import export_hf  # noqa: E402
 from core.model import GPT  # noqa: E402
-from core.generation import SamplingConfig, generate_tokens  # noqa: E402
 
 
 def timed(fns: dict[str, Callable[[], list[int]]], device: str, repeats: int) -> dict[str, tuple[float, list[int]]]:

@@ -17,9 +17,9 @@ import torch
 
 from core.checkpoint import CheckpointError, load_model
 from core.distributed import pick_device
+from core.generation import SamplingConfig, stream
 from core.hf import HFError, is_hf_folder, load_hf_gpt2
 from core.model import GPT
-from core.generation import SamplingConfig, stream
 from core.tokenizer import TokenizerError
 
 

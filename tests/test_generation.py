@@ -10,9 +10,9 @@ import torch
 from core import sample as sample_cli
 from core.checkpoint import save_checkpoint
 from core.config import EOT_TOKEN, model_config
+from core.generation import SamplingConfig, filter_probs, generate, generate_batch, generate_tokens, stream
 from core.hf import export_hf
 from core.model import GPT
-from core.generation import SamplingConfig, filter_probs, generate, generate_batch, generate_tokens, stream
 from core.tokenizer import encode
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from core.checkpoint import load_model, read_state, save_checkpoint
 from core.config import model_config
+from core.generation import SamplingConfig, generate_tokens
 from core.hf import HFError, export_hf, import_to_run, load_hf_gpt2
 from core.model import GPT
-from core.generation import SamplingConfig, generate_tokens
 
 
 def _hf_model(seed: int = 0) -> GPT2LMHeadModel:

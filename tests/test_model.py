@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from core.config import ConfigError, ModelConfig, model_config
+from core.generation import SamplingConfig, generate_tokens
 from core.hf import state_dict_to_hf
 from core.model import GPT, clean_state_dict, load_clean_state_dict
-from core.generation import SamplingConfig, generate_tokens
 
 
 def _model(**kw) -> GPT:

@@ -12,8 +12,8 @@ import torch
 
 from core.checkpoint import save_checkpoint
 from core.config import model_config
-from core.model import GPT
 from core.generation import SamplingConfig, filter_probs, generate
+from core.model import GPT
 from playground import sampling_tab
 from playground.attention_tab import show_callback
 from playground.model_cache import (
