@@ -22,11 +22,22 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 class MetricsWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for appends)
+        if not _ends_with_newline(self.path):
+            # A kill mid-write left a torn last line: end it, or the next record would be glued to it.
+            self._f.write("\n")
 
     def write(self, kind: str, **fields: Any) -> None:
         record = {"kind": kind, "time": round(time.time(), 3), **{k: _jsonable(v) for k, v in fields.items()}}

@@ -1,0 +1,173 @@
+"""Data-loss and crash defects from the hardening review, each reproduced here (they failed before the fix)."""
+
+import dataclasses
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from core.checkpoint import resolve_checkpoint, save_checkpoint
+from core.config import ConfigError, TrainConfig, model_config
+from core.metrics import MetricsWriter, read_all
+from core.model import GPT
+from core.runs import list_checkpoints
+from tests.helpers import MICRO, run_cmd, train_cmd
+
+
+# --- 1. checkpoints past step 999,999 ----------------------------------------------------------------
+
+
+def test_checkpoints_past_a_million_steps_sort_by_number(tmp_path):
+    model = GPT(model_config("micro"))
+    for step in (999_000, 999_500, 1_000_000):
+        save_checkpoint(tmp_path, step, model, {}, keep_last=2)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    # the newest must survive pruning and `latest` must point at it
+    assert names == ["step-999500", "step-1000000"]
+    assert resolve_checkpoint(tmp_path).name == "step-1000000"
+    assert (tmp_path / "ckpt" / "step-1000000" / "state.json").is_file()
+
+
+def test_old_six_digit_names_still_list_in_step_order(tmp_path):
+    model = GPT(model_config("micro"))
+    for step in (5, 40, 1_000_001):
+        save_checkpoint(tmp_path, step, model, {}, keep_last=5)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000005", "step-000040", "step-1000001"]
+
+
+# --- 8. a torn metrics line ---------------------------------------------------------------------------
+
+
+def test_a_record_after_a_torn_line_is_not_lost(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "step": 1}\n{"kind": "train", "st')  # killed mid-write
+    w = MetricsWriter(path)
+    w.write("status", state="running")
+    w.close()
+    recs = read_all(path)
+    assert [r["kind"] for r in recs] == ["train", "status"]
+
+
+# --- 14. every field validated ------------------------------------------------------------------------
+
+# One value per TrainConfig field that cannot work. A new field without an entry fails the first test.
+BAD_VALUES = {
+    "run_name": "bad name#",
+    "runs_dir": "",
+    "preset": "gpt5",
+    "n_layer": 0,
+    "n_head": -1,
+    "n_embd": 0,
+    "block_size": 0,
+    "dropout": 1.5,
+    "pad_vocab": "yes",
+    "data": "",
+    "data_config": 5,
+    "val_data": "",
+    "val_fraction": 1.5,
+    "data_token_budget": 0,
+    "data_cache": "",
+    "batch_size": "16",
+    "seq_len": 0,
+    "total_batch_tokens": 0,
+    "max_steps": 0,
+    "max_tokens": -1,
+    "lr": 0.0,
+    "min_lr": -1.0,
+    "warmup_steps": -1,
+    "weight_decay": -0.1,
+    "beta1": 1.0,
+    "beta2": -0.5,
+    "grad_clip": -1.0,
+    "eval_interval": -1,
+    "eval_batches": 0,
+    "ckpt_interval": -1,
+    "keep_last": 0,
+    "sample_interval": -1,
+    "sample_tokens": 0,
+    "log_interval": 0,
+    "seed": -1,
+    "device": "tpu",
+    "precision": "fp8",
+    "compile": "no",
+    "init_from": "",
+    "nproc": 0,
+    "parallel": "fsdp",
+    "extra": [1, 2],
+}
+
+
+def test_every_field_has_a_bad_value_in_this_table():
+    assert set(BAD_VALUES) == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_VALUES))
+def test_validate_refuses_each_bad_field_naming_it(name):
+    kw = {name: BAD_VALUES[name]}
+    if name == "max_steps":
+        kw["max_tokens"] = None
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(**kw).validate()
+    assert e.value.field == name, str(e.value)
+
+
+def test_log_interval_zero_is_a_one_line_error_from_the_cli(tmp_path):
+    r = run_cmd(train_cmd(tmp_path, *MICRO, "--max-steps", "2", "--log-interval", "0"), timeout=120)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "log_interval" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_string_in_a_config_file_is_a_one_line_error(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"preset": "micro", "batch_size": "16"}))
+    r = run_cmd(train_cmd(tmp_path / "runs", "--config", str(cfg), "--max-steps", "2"), timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "batch_size" in r.stderr
+
+
+# --- 16. traversal and missing checkpoints --------------------------------------------------------------
+
+
+def test_launch_dry_run_refuses_a_traversing_run_name(tmp_path):
+    r = run_cmd(
+        [sys.executable, "-m", "core.jobs", "--runs-dir", str(tmp_path), "launch", "--run-name", "../../x", "--dry-run"]
+    )
+    assert r.returncode != 0
+    assert "../../x" not in r.stdout
+    assert "run name" in r.stderr
+
+
+def test_sample_from_a_missing_local_path_is_one_line(tmp_path):
+    r = run_cmd([sys.executable, "-m", "core.sample", "--checkpoint", str(tmp_path / "nope"), "--max-new-tokens", "1"])
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "no such run or folder" in lines[0]
+
+
+# --- 18. a refused configuration leaves no run behind ----------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [["--seq-len", "4096"], ["--preset", "gpt5"], ["--lr", "-1"]])
+def test_a_refused_config_creates_no_run_folder(tmp_path, bad):
+    r = run_cmd(train_cmd(tmp_path, *MICRO, "--run-name", "typo", "--max-steps", "2", *bad), timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert not (tmp_path / "typo").exists()
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
+def test_nan_weights_are_never_saved(tmp_path):
+    """A non-finite gradient (finite loss) must not reach the weights or a checkpoint (item 2)."""
+    env = {**os.environ, "PLAYGROUND_TEST_INF_GRAD_STEP": "3"}
+    r = run_cmd(
+        train_cmd(tmp_path, *MICRO, "--run-name", "g", "--max-steps", "6", "--ckpt-interval", "2"), timeout=180, env=env
+    )
+    assert "non-finite gradient" in (r.stdout + r.stderr)
+    for ck in list_checkpoints(tmp_path / "g"):
+        from safetensors.torch import load_file
+
+        assert all(torch.isfinite(t).all() for t in load_file(ck / "model.safetensors").values()), ck
