@@ -15,7 +15,6 @@ from core.model import GPT
 from core.runs import list_checkpoints
 from tests.helpers import MICRO, run_cmd, train_cmd
 
-
 # --- 1. checkpoints past step 999,999 ----------------------------------------------------------------
 
 
