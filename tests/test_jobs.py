@@ -13,7 +13,17 @@ import psutil
 import pytest
 
 from core.config import ConfigError, TrainConfig
-from core.jobs import JOB_ENV, JobError, Jobs
+from core.jobs import (
+    JOB_ENV,
+    DeviceBusy,
+    JobError,
+    Jobs,
+    NameTaken,
+    NotAJob,
+    NothingToResume,
+    RunActive,
+    RunNotFound,
+)
 from tests.helpers import ROOT, records, run_cmd, wait_for
 
 HAVE_TRAINER = (ROOT / "core" / "train.py").is_file()
@@ -91,8 +101,9 @@ def test_bad_launches_are_refused_before_anything_runs(jobs):
     with pytest.raises(ConfigError, match="batch_size"):
         jobs.launch(micro("bad", batch_size=0))
     (jobs.runs_dir / "taken").mkdir()
-    with pytest.raises(JobError, match="already exists"):
+    with pytest.raises(NameTaken, match="already exists") as e:
         jobs.launch(micro("taken"))
+    assert e.value.name == "taken"
     assert sorted(p.name for p in jobs.runs_dir.iterdir() if not p.name.startswith(".")) == ["taken"]
 
 
@@ -119,7 +130,7 @@ def test_stale_status_json_is_never_our_job(jobs):
             assert st.state == "failed", (name, st)
             assert "ended without a final status" in st.message and "Killed" in st.log_tail
         assert sleeper.poll() is None  # and nothing was signalled along the way
-        with pytest.raises(JobError):
+        with pytest.raises(NothingToResume, match="no checkpoint"):
             jobs.resume("reused-by-sleep")  # no checkpoint: refused with a reason
         jobs.delete_run("reused-by-sleep")  # failed runs can be deleted; the sleeper is untouched
         assert sleeper.poll() is None
@@ -171,10 +182,11 @@ def test_list_runs_is_lenient(jobs):
     assert by_name["by-hand-live"].state == "running"
     assert (by_name["gpt2-imported"].state, by_name["gpt2-imported"].source) == ("done", "imported")
     assert by_name["broken"].step == 1  # the readable part of a damaged log still counts
-    with pytest.raises(JobError, match="started by hand"):
+    with pytest.raises(NotAJob, match="started by hand"):
         jobs.stop("by-hand-live")
-    with pytest.raises(JobError, match="running"):
+    with pytest.raises(RunActive, match="running") as e:
         jobs.delete_run("by-hand-live")
+    assert (e.value.name, e.value.state) == ("by-hand-live", "running")
 
     out = cli(runs, "list")
     assert out.returncode == 0, out.stderr
@@ -194,6 +206,26 @@ def test_metrics_reader_leaves_a_partial_line(jobs):
     assert [r["step"] for r in jobs.reader("partial").read_new()] == [1, 2, 3]  # a new reader starts over
 
 
+def test_status_forgets_a_replaced_metrics_file(jobs):
+    """A run deleted and made again under the same name (by hand, so no delete_run) shows only the new run."""
+    run = jobs.runs_dir / "again"
+    run.mkdir()
+    old = [
+        {"kind": "train", "step": 7, "total_steps": 9, "loss": 4.0, "time": 1.0},
+        {"kind": "eval", "step": 7, "val_loss": 4.5, "time": 1.0},
+        {"kind": "status", "state": "done", "step": 9, "total_steps": 9, "time": 2.0},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert (jobs.status("again").state, jobs.status("again").val_loss) == ("done", 4.5)
+    fresh = run / "metrics.new"
+    fresh.write_text(
+        json.dumps({"kind": "status", "state": "running", "step": 0, "total_steps": 3, "time": 5.0}) + "\n"
+    )
+    os.replace(fresh, run / "metrics.jsonl")
+    st = jobs.status("again")
+    assert (st.state, st.step, st.total_steps, st.loss, st.val_loss) == ("running", 0, 3, None, None)
+
+
 def test_delete_refuses_anything_outside_the_runs_folder(jobs, tmp_path):
     victim = tmp_path / "precious"
     victim.mkdir()
@@ -208,7 +240,7 @@ def test_delete_refuses_anything_outside_the_runs_folder(jobs, tmp_path):
     (jobs.runs_dir / "alias").symlink_to(inside)
     jobs.delete_run("alias")  # a link inside the folder: only the link goes
     assert inside.is_dir() and not (jobs.runs_dir / "alias").exists()
-    with pytest.raises(JobError, match="no run named"):
+    with pytest.raises(RunNotFound, match="no run named"):
         jobs.delete_run("never-existed")
     out = cli(jobs.runs_dir, "delete", "../precious")
     assert out.returncode == 1 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
@@ -224,6 +256,9 @@ def test_cli_reports_errors_without_tracebacks(jobs):
     assert out.returncode == 0 and "torch.distributed.run --standalone --nproc_per_node=2" in out.stdout
     out = cli(jobs.runs_dir, "launch", "--preset", "nope", "--run-name", "x")
     assert out.returncode == 1 and "unknown preset" in out.stderr
+    for bad in (("--run-name", "../x"), ("--run-name", "ok", "--batch-size", "0")):  # refused before printing
+        out = cli(jobs.runs_dir, "launch", "--preset", "micro", *bad, "--dry-run")
+        assert out.returncode == 1 and out.stdout == "" and out.stderr.startswith("error: "), out
 
 
 # ----- real trainer processes ---------------------------------------------------------------------------
@@ -276,11 +311,14 @@ def test_single_process_job_lifecycle(jobs):
     assert st.step >= more[-1] and st.loss > 0 and st.tok_per_s > 0 and st.total_steps == 1_000_000
 
     # one CPU job at a time unless asked; a running run cannot be deleted
-    with pytest.raises(JobError, match=r"'solo' .*already training on cpu.*allow concurrent"):
+    with pytest.raises(DeviceBusy, match=r"'solo' .*already training on cpu.*allow concurrent") as e:
         jobs.launch(micro("second"))
+    assert (e.value.holder, e.value.device) == ("solo", "cpu")
     assert not (jobs.runs_dir / "second").exists()
-    with pytest.raises(JobError, match="stop it before deleting"):
+    with pytest.raises(RunActive, match="stop it before deleting"):
         jobs.delete_run(name)
+    with pytest.raises(RunActive, match="stop it before resuming"):
+        jobs.resume(name)
 
     # another process (the UI after a restart) sees the running job and its metrics
     out = subprocess.run(
@@ -380,7 +418,7 @@ def test_jobs_that_end_by_themselves(jobs, tmp_path):
     st = jobs.launch(micro("short", max_steps=3))
     st = wait_for(lambda: (s := jobs.status("short")).state == "done" and s, 120, "the short job to finish")
     assert (st.step, st.total_steps, st.exit_code, st.checkpoint) == (3, 3, 0, "step-000003")
-    with pytest.raises(JobError, match="already finished all 3 steps"):
+    with pytest.raises(NothingToResume, match="already finished all 3 steps"):
         jobs.resume("short")
 
     missing = tmp_path / "no-such-corpus.txt"

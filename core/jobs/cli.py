@@ -1,0 +1,177 @@
+"""python -m core.jobs [--runs-dir DIR] list | status RUN | stop RUN | resume RUN | logs RUN | launch | delete RUN
+
+Exit code 0 on success, 1 with a one-line `error: ...` on stderr when the operation is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from typing import Any
+
+from core.cli import add_config_arguments, overrides_from_args
+from core.config import ConfigError, TrainConfig
+from core.jobs.errors import JobError
+from core.jobs.manager import Jobs
+from core.jobs.records import JobStatus
+from core.runs import validate_run_name
+
+
+def _fmt(v: Any, spec: str = "") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _print_table(runs: list[JobStatus]) -> None:
+    rows = [("NAME", "STATE", "STEP", "LOSS", "VAL", "DEVICE", "STARTED")]
+    for s in runs:
+        step = f"{_fmt(s.step)}/{_fmt(s.total_steps)}" if s.step is not None else "-"
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.started_at)) if s.started_at else "-"
+        dev = f"{s.device}x{s.nproc}" if s.device and (s.nproc or 1) > 1 else (s.device or "-")
+        rows.append((s.name, s.state, step, _fmt(s.loss, ".4f"), _fmt(s.val_loss, ".4f"), dev, started))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _print_status(s: JobStatus) -> None:
+    print(f"{s.name}: {s.state}" + (f" (pid {s.pid})" if s.active and s.pid else ""))
+    if s.step is not None:
+        line = f"  step {s.step}/{_fmt(s.total_steps)}  loss {_fmt(s.loss, '.4f')}  val {_fmt(s.val_loss, '.4f')}"
+        if s.tok_per_s:
+            line += f"  {s.tok_per_s:,.0f} tok/s"
+        if s.eta_s is not None:
+            line += f"  eta {s.eta_s / 60:.1f} min"
+        print(line)
+    if s.device:
+        print(f"  device {s.device}" + (f" x{s.nproc}" if s.nproc and s.nproc > 1 else ""))
+    if s.checkpoint:
+        print(f"  checkpoint {s.checkpoint}")
+    if s.message:
+        print("  " + s.message.replace("\n", "\n  "))
+    if s.log_tail and s.log_tail != s.message:
+        print("  end of train.log:\n    " + s.log_tail.replace("\n", "\n    "))
+
+
+def _follow(jobs: Jobs, name: str) -> None:
+    """Print train.log as it grows until the job ends (like tail -f, but stops with the job)."""
+    path = jobs.run_dir(name) / "train.log"
+    offset = path.stat().st_size if path.exists() else 0
+    while True:
+        active = jobs.status(name).active
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+            offset += len(chunk)
+            sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+            sys.stdout.flush()
+        if not active:
+            return
+        time.sleep(0.5)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m core.jobs", description="Manage background training jobs.")
+    ap.add_argument("--runs-dir", default="checkpoints", help="the runs folder (default: checkpoints)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("list", help="all runs, active first")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("status", help="state, step, loss of one run")
+    p.add_argument("run")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("delete", help="delete a run folder")
+    p.add_argument("run")
+    p = sub.add_parser("stop", help="stop a job (it saves a checkpoint first)")
+    p.add_argument("run")
+    p.add_argument("--timeout", type=float, default=30, help="seconds before SIGKILL (default 30)")
+    p = sub.add_parser("resume", help="continue a stopped or failed run from its latest checkpoint")
+    p.add_argument("run")
+    p.add_argument("--allow-concurrent", action="store_true", help="allow a second job on the CPU")
+    p = sub.add_parser("logs", help="the end of train.log")
+    p.add_argument("run")
+    p.add_argument("-n", type=int, default=50, help="lines (default 50)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p = sub.add_parser("launch", help="start a training job in the background")
+    p.add_argument("--config", help="a TrainConfig JSON file; flags override its fields")
+    p.add_argument("--allow-concurrent", action="store_true", help="allow a second job on the CPU")
+    p.add_argument("--auto-suffix", action="store_true", help="on a name clash, add -2, -3, ...")
+    p.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    add_config_arguments(p, skip=("runs_dir",))  # the top-level --runs-dir decides
+    return ap
+
+
+def _list(jobs: Jobs, args: argparse.Namespace) -> None:
+    runs = jobs.list_runs()
+    if args.json:
+        print(json.dumps([s.to_dict() for s in runs], indent=1))
+    elif runs:
+        _print_table(runs)
+    else:
+        print(f"no runs in {jobs.runs_dir}")
+
+
+def _status(jobs: Jobs, args: argparse.Namespace) -> None:
+    s = jobs.status(args.run)
+    print(json.dumps(s.to_dict(), indent=1)) if args.json else _print_status(s)
+
+
+def _stop(jobs: Jobs, args: argparse.Namespace) -> None:
+    before = jobs.status(args.run)
+    if not before.active:
+        print(f"{args.run} is not running (state {before.state})")
+        return
+    print(f"stopping {args.run} (waiting up to {args.timeout:g}s for its checkpoint)...", flush=True)
+    _print_status(jobs.stop(args.run, timeout=args.timeout))
+
+
+def _resume(jobs: Jobs, args: argparse.Namespace) -> None:
+    s = jobs.resume(args.run, allow_concurrent=args.allow_concurrent)
+    print(f"resumed {s.name} (pid {s.pid}); follow it with: python -m core.jobs logs {s.name} -f")
+
+
+def _logs(jobs: Jobs, args: argparse.Namespace) -> None:
+    print(jobs.log_tail(args.run, args.n))
+    if args.follow:
+        _follow(jobs, args.run)
+
+
+def _delete(jobs: Jobs, args: argparse.Namespace) -> None:
+    jobs.delete_run(args.run)
+    print(f"deleted {args.run}")
+
+
+def _launch(jobs: Jobs, args: argparse.Namespace) -> None:
+    base = TrainConfig.from_json(args.config).to_dict() if args.config else {}
+    config = TrainConfig.from_dict({**base, **overrides_from_args(args)})
+    if args.dry_run:  # refuse what launch would refuse before printing a command that cannot run
+        if config.run_name:
+            validate_run_name(config.run_name)
+        config.validate()
+        print(jobs.command_line(config))
+        return
+    s = jobs.launch(config, allow_concurrent=args.allow_concurrent, auto_suffix=args.auto_suffix)
+    print(f"launched {s.name} (pid {s.pid}): {s.command}")
+    print(f"follow it with: python -m core.jobs logs {s.name} -f")
+
+
+COMMANDS = {
+    "list": _list,
+    "status": _status,
+    "stop": _stop,
+    "resume": _resume,
+    "logs": _logs,
+    "delete": _delete,
+    "launch": _launch,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.cmd](Jobs(args.runs_dir), args)
+    except (ConfigError, JobError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
