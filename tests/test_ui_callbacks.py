@@ -359,6 +359,15 @@ def test_train_callbacks_put_errors_next_to_their_field(tmp_path):
     assert out[tab["run_name"]]["elem_classes"] == ["field-error"] and "already exists" in out[tab["run_name"]]["info"]
     assert out[tab["message"]].startswith("⚠ Not launched: a run named 'taken'") and tab["launched"] not in out
     assert train_tab.resume_picked_run(tab, ctx, "taken")[tab["run_md"]].startswith("⚠ Could not resume taken")
+    assert train_tab.stop_picked_run(tab, ctx, None) == {tab["run_md"]: "⚠ Pick a run first."}
+    assert train_tab.describe_picked_run(tab, ctx, None) == {tab["run_md"]: "Pick a run to stop or resume it."}
+    pickers = train_tab.refresh_run_pickers(tab, ctx, "gone")
+    assert pickers[tab["run_picker"]]["value"] is None and pickers[tab["init_from"]]["choices"][0][1] == "scratch"
+    assert train_tab.fit_seq_len_to_preset(tab, ctx, "micro", 128) == {tab["seq_len"]: 32}
+    assert train_tab.fit_seq_len_to_preset(tab, ctx, "micro", 16) == gr.skip()
+    shown = train_tab.show_data_fields(tab, ctx, "hf")
+    assert not shown[tab["data_path"]]["visible"] and shown[tab["hf_row"]]["visible"]
+    assert train_tab.show_nproc(tab, ctx, "cpu-ddp")[tab["nproc"]]["visible"]
 
 
 def test_launch_marks_the_run_for_monitor(tmp_path):
@@ -397,6 +406,26 @@ def test_monitor_redraws_when_the_metrics_file_is_replaced(tmp_path):
     write_run(run / "metrics.jsonl", 5)
     replaced = monitor_tab.refresh_monitor(tab, ctx, *view, cache)
     assert len(replaced[tab["loss_plot"]].data[0].x) == 5 and len(cache.runs["r1"].records) == 1 + 5 + 1
+
+
+def test_models_callbacks_pick_ask_and_delete(tmp_path):
+    tab, ctx = built(tmp_path, models_tab)
+    save_checkpoint(ctx.runs_dir / "old", 7, GPT(model_config("micro")), {})
+    listing = models_tab.refresh_models(tab, ctx)
+    rows = listing[tab["table"]]
+    assert [r[:5] for r in rows] == [["old", "done", "—", "step-000007", 7]]
+    picked = models_tab.pick_row(tab, ctx, rows, gr.SelectData(tab["table"], {"index": [0, 2], "value": "—"}))
+    ckpt = str(ctx.runs_dir / "old" / "ckpt" / "step-000007")
+    assert picked == {tab["run"]: "old", tab["ckpt"]: ckpt}
+
+    asked = models_tab.ask_to_delete(tab, ctx, "old")
+    assert (
+        asked[tab["confirm_box"]]["visible"] and "Delete run **old** with its 1 checkpoint" in asked[tab["confirm_md"]]
+    )
+    out = models_tab.delete_confirmed(tab, ctx, "old", ckpt)
+    assert out[tab["delete_msg"]] == "🗑 Deleted **old**." and not out[tab["confirm_box"]]["visible"]
+    assert out[tab["table"]] == [] and out[tab["ckpt"]]["value"] is None and not (ctx.runs_dir / "old").exists()
+    assert models_tab.ask_to_delete(tab, ctx, "old")[tab["delete_msg"]].startswith("⚠ no run named 'old'")
 
 
 def test_app_opens_each_tab_with_its_on_open_steps(tmp_path):
