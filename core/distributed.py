@@ -34,6 +34,11 @@ class DistContext:
         return self.world_size > 1
 
 
+def gpu_count() -> int:
+    """CUDA GPUs visible to this process (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
     """auto: the local rank's CUDA GPU, else Apple MPS, else CPU. ConfigError for a device that is not there."""
     if pref == "auto":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
 from playground import attention_tab, models_tab, monitor_tab, sampling_tab, train_tab
+from playground.tab import AppContext, Tab
 
 HEADER = """
 # GPT-2 Playground
@@ -15,31 +18,38 @@ type: the Train tab shows it.
 """
 
 
+def wire_on_open(trigger: Callable[..., Any], tab: Tab) -> None:
+    """Run the tab's on_open steps, one after the other, on `trigger` (a gr.Tab's select, or the page's load)."""
+    event = None
+    for step in tab.on_open:
+        start = trigger if event is None else event.then
+        event = start(step.fn, list(step.inputs), list(step.outputs), show_progress="hidden")
+
+
 def build_ui(runs_dir: str | Path) -> gr.Blocks:
-    runs_dir = Path(runs_dir).expanduser().resolve()
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    ctx = AppContext.for_runs_dir(runs_dir)
     with gr.Blocks(title="GPT-2 Playground") as demo:
         gr.Markdown(HEADER, elem_id="app-header")
+        opened: list[tuple[gr.Tab, Tab]] = []
         with gr.Tabs(selected="train") as tabs:
-            with gr.Tab("Train", id="train") as train_tab_item:
-                train = train_tab.build_tab(runs_dir)
-            with gr.Tab("Monitor", id="monitor") as monitor_tab_item:
-                monitor = monitor_tab.build_tab(runs_dir)
+            with gr.Tab("Train", id="train") as item:
+                train = train_tab.build(ctx)
+                opened.append((item, train))
+            with gr.Tab("Monitor", id="monitor") as item:
+                monitor = monitor_tab.build(ctx)
+                opened.append((item, monitor))
             with gr.Tab("Sampling", id="sampling"):
-                sampling_tab.build_tab(runs_dir)
+                sampling_tab.build_tab(ctx.runs_dir)  # wires its own tab-open events (model picker)
             with gr.Tab("Attention", id="attention"):
-                attention_tab.build_tab(runs_dir)
-            with gr.Tab("Models", id="models") as models_tab_item:
-                refresh_models, models_inputs, models_outputs = models_tab.build_tab(runs_dir)
+                attention_tab.build_tab(ctx.runs_dir)
+            with gr.Tab("Models", id="models") as item:
+                opened.append((item, models_tab.build(ctx)))
 
+        for item, tab in opened:
+            wire_on_open(item.select, tab)
+            wire_on_open(demo.load, tab)
         # A launched (or resumed) run opens in Monitor, which follows it live.
-        train.launched.change(
-            monitor.follow, train.launched, [monitor.run, monitor.compare, monitor.timer], queue=False
-        ).then(lambda: gr.Tabs(selected="monitor"), None, tabs, queue=False)
-        monitor_tab_item.select(monitor.refresh_choices, monitor.run, [monitor.run, monitor.compare]).then(
-            monitor.refresh, monitor.inputs, monitor.outputs, show_progress="hidden"
+        monitor_tab.follow(monitor, ctx, train["launched"]).then(
+            lambda: gr.Tabs(selected=monitor.id), None, tabs, queue=False
         )
-        models_tab_item.select(refresh_models, models_inputs, models_outputs)
-        train_tab_item.select(train.refresh_choices, train.run_picker, [train.run_picker, train.init_from])
-        demo.load(monitor.refresh, monitor.inputs, monitor.outputs, show_progress="hidden")
     return demo

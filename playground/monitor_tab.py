@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from core.jobs import JobStatus
+from core.jobs import Jobs, JobStatus
 from core.metrics import MetricsReader
+from playground import actions
 from playground.figures import X_AXES, health_figure, loss_figure
-from playground.runs_view import duration, human, jobs_for, list_runs, run_choices
+from playground.runs_view import duration, human, list_runs, run_choices
+from playground.tab import AppContext, OnOpen, Tab, bind
 
 TICK_S = 2.0
 LOG_LINES = 40
@@ -30,12 +31,11 @@ class RunCache:
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def update(self) -> int:
-        try:
-            if self.reader.path.stat().st_size < self.reader.offset:  # replaced (run deleted and relaunched)
-                self.records.clear()
-        except FileNotFoundError:
-            pass
+        """Read what was appended; returns how many records changed (a replaced file counts as at least one)."""
         new = self.reader.read_new()
+        if self.reader.replaced:  # the run was deleted (and maybe launched again): what we had is gone
+            self.records = new
+            return max(1, len(new))
         self.records += new
         return len(new)
 
@@ -46,9 +46,8 @@ class MonitorCache:
     view: tuple = ()  # the last drawn (runs, settings): unchanged view + no new records = nothing to redraw
 
 
-def read_runs(runs_dir: Path, cache: MonitorCache, names: list[str]) -> tuple[dict[str, list[dict[str, Any]]], int]:
+def read_runs(jobs: Jobs, cache: MonitorCache, names: list[str]) -> tuple[dict[str, list[dict[str, Any]]], int]:
     """{run: all its records so far} for the given runs, and how many records were new since the last call."""
-    jobs = jobs_for(runs_dir)
     out, new = {}, 0
     for name in names:
         rc = cache.runs.get(name)
@@ -114,24 +113,122 @@ def last_sample(records: list[dict[str, Any]]) -> str:
     return "No sample yet: the trainer writes one every 'Sample every' steps."
 
 
-@dataclass
-class MonitorTab:
-    run: gr.Dropdown
-    compare: gr.Dropdown
-    timer: gr.Timer
-    refresh: Any  # the tick callback, with its inputs and outputs (also run on page load)
-    inputs: list[Any]
-    outputs: list[Any]
-    follow: Any  # callback("<run>@<time>") -> updates for [run, compare, timer]: show a run just launched
-    refresh_choices: Any  # callback(run) -> updates for [run, compare]
+# ----- callbacks: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------------------
+
+VIEW_INPUTS = ("run", "compare", "smoothing", "x_axis", "log_y", "cache")
+VIEW_OUTPUTS = ("status", "loss_plot", "health_plot", "sample", "log", "cache", "timer")
 
 
-def build_tab(runs_dir: Path) -> MonitorTab:
-    jobs = jobs_for(runs_dir)
-    runs = list_runs(runs_dir)
-    first = runs[0].name if runs else None
+def _any_active(jobs: Jobs, names: list[str], name: str | None, st: JobStatus | None) -> bool:
+    for n in names:
+        try:
+            if (st if n == name else jobs.status(n)).active:
+                return True
+        except Exception:  # deleted meanwhile: not active
+            continue
+    return False
+
+
+def refresh_monitor(
+    tab: Tab,
+    ctx: AppContext,
+    name: str | None,
+    others: list[str] | None,
+    smooth: float,
+    axis: str,
+    logy: bool,
+    cache: MonitorCache | None,
+) -> dict[Any, Any]:
+    """One tick: status card, curves (redrawn only when there is something new), last sample, log tail; the timer
+    keeps ticking while any shown run is active."""
+    cache = cache or MonitorCache()
+    names = list(dict.fromkeys(n for n in [name, *(others or [])] if n))
+    nothing = {tab["loss_plot"]: None, tab["health_plot"]: None, tab["sample"]: "", tab["cache"]: cache}
+    if not names:
+        return {
+            **nothing,
+            tab["status"]: status_html(None),
+            tab["log"]: log_html(""),
+            tab["timer"]: gr.Timer(active=False),
+        }
+    records, new = read_runs(ctx.jobs, cache, names)
+    try:
+        st = ctx.jobs.status(name) if name else None
+    except Exception as e:
+        card = f"<div class='status-card'>⚠ {html.escape(str(e))}</div>"
+        return {**nothing, tab["status"]: card, tab["log"]: "", tab["timer"]: gr.Timer(active=False)}
+    out = {
+        tab["status"]: status_html(st),
+        tab["sample"]: last_sample(records.get(name, [])),
+        tab["log"]: log_html(ctx.jobs.log_tail(name, LOG_LINES) if name else ""),
+        tab["cache"]: cache,
+        tab["timer"]: gr.Timer(active=_any_active(ctx.jobs, names, name, st)),
+    }
+    view = (tuple(names), smooth, axis, logy)
+    if new or view != cache.view:  # else the plots keep what they show (and the zoom)
+        key = "|".join(names) + axis  # zoom survives refreshes, resets when the runs or the axis change
+        out[tab["loss_plot"]] = loss_figure(records, smooth, axis, logy, uirevision="loss" + key)
+        out[tab["health_plot"]] = health_figure(records, axis, logy, uirevision="health" + key)
+        cache.view = view
+    return out
+
+
+def refresh_run_choices(tab: Tab, ctx: AppContext, current: str | None) -> dict[Any, Any]:
+    """Both pickers list the runs as they are now; the picked run stays if it still exists, else the newest."""
+    runs = list_runs(ctx.jobs)
+    names = [st.name for st in runs]
+    value = current if current in names else (names[0] if names else None)
+    return {
+        tab["run"]: gr.update(choices=run_choices(runs), value=value),
+        tab["compare"]: gr.update(choices=run_choices(runs)),
+    }
+
+
+def show_launched_run(tab: Tab, ctx: AppContext, launched: tuple[str, float] | None) -> Any:
+    """Pick the run just launched or resumed ((name, time), from the Train tab) and watch it live."""
+    if not launched:
+        return gr.skip()
+    name, _ = launched
+    runs = list_runs(ctx.jobs)
+    return {
+        tab["run"]: gr.update(choices=run_choices(runs), value=name),
+        tab["compare"]: gr.update(choices=run_choices(runs)),
+        tab["timer"]: gr.Timer(active=True),
+    }
+
+
+def stop_and_watch(tab: Tab, ctx: AppContext, name: str | None) -> Any:
+    stopped = actions.stop_run(ctx.jobs, name)  # the trainer saves a checkpoint; the timer shows when it is gone
+    if not stopped.ok:
+        gr.Warning(stopped.message)
+        return gr.skip()
+    return {tab["timer"]: gr.Timer(active=True)}
+
+
+def resume_and_watch(tab: Tab, ctx: AppContext, name: str | None) -> Any:
+    resumed = actions.resume_run(ctx.jobs, name)
+    if not resumed.ok:
+        gr.Warning(resumed.message)
+        return gr.skip()
+    gr.Info(resumed.message)
+    return {tab["timer"]: gr.Timer(active=True)}
+
+
+def follow(monitor: Tab, ctx: AppContext, launched: gr.State) -> Any:
+    """Show every run that `launched` names ((run, time), set by another tab) and watch it; returns the event."""
+    outputs = [monitor["run"], monitor["compare"], monitor["timer"]]
+    return launched.change(bind(show_launched_run, monitor, ctx), launched, outputs, queue=False)
+
+
+# ----- layout and wiring --------------------------------------------------------------------------------------------
+
+
+def _layout_pickers(ctx: AppContext) -> dict[str, Any]:
+    runs = list_runs(ctx.jobs)
     with gr.Row(equal_height=True):
-        run = gr.Dropdown(run_choices(runs), value=first, label="Run", scale=3, elem_id="monitor-run")
+        run = gr.Dropdown(
+            run_choices(runs), value=runs[0].name if runs else None, label="Run", scale=3, elem_id="monitor-run"
+        )
         compare = gr.Dropdown(
             run_choices(runs), value=[], multiselect=True, label="Compare with", scale=3, elem_id="monitor-compare"
         )
@@ -140,115 +237,47 @@ def build_tab(runs_dir: Path) -> MonitorTab:
                 stop_btn = gr.Button("Stop", size="md", min_width=70, elem_classes=["danger"], elem_id="monitor-stop")
                 resume_btn = gr.Button("Resume", size="md", min_width=70, elem_id="monitor-resume")
             refresh_btn = gr.Button("↻ Refresh", size="sm", variant="secondary")
-    status = gr.HTML(status_html(None), elem_id="monitor-status")
+    return {"run": run, "compare": compare, "stop_btn": stop_btn, "resume_btn": resume_btn, "refresh_btn": refresh_btn}
+
+
+def _layout_charts() -> dict[str, Any]:
+    c: dict[str, Any] = {"status": gr.HTML(status_html(None), elem_id="monitor-status")}
     with gr.Row(equal_height=True, elem_classes=["chart-controls"]):
-        x_axis = gr.Radio([(v, k) for k, v in X_AXES.items()], value="step", label="x axis", scale=3, min_width=360)
-        smoothing = gr.Slider(0, 0.99, value=0.6, step=0.01, label="Smoothing (EMA)", scale=3)
-        log_y = gr.Checkbox(False, label="Log scale (loss, grad norm)", scale=1, min_width=160)
-    loss_plot = gr.Plot(label="Loss", show_label=False, elem_id="loss-plot")
-    health_plot = gr.Plot(label="Training health", show_label=False, elem_id="health-plot")
+        c["x_axis"] = gr.Radio(
+            [(v, k) for k, v in X_AXES.items()], value="step", label="x axis", scale=3, min_width=360
+        )
+        c["smoothing"] = gr.Slider(0, 0.99, value=0.6, step=0.01, label="Smoothing (EMA)", scale=3)
+        c["log_y"] = gr.Checkbox(False, label="Log scale (loss, grad norm)", scale=1, min_width=160)
+    c["loss_plot"] = gr.Plot(label="Loss", show_label=False, elem_id="loss-plot")
+    c["health_plot"] = gr.Plot(label="Training health", show_label=False, elem_id="health-plot")
     with gr.Row():
-        sample = gr.Textbox(label="Last sample", lines=12, max_lines=12, interactive=False, scale=2)
+        c["sample"] = gr.Textbox(label="Last sample", lines=12, max_lines=12, interactive=False, scale=2)
         with gr.Column(scale=3):
             gr.Markdown("**train.log** (last lines)", elem_classes=["log-title"])
-            log = gr.HTML(log_html(""), elem_id="monitor-log")
-    cache = gr.State(None)  # a MonitorCache per browser session, made on first refresh
-    timer = gr.Timer(TICK_S, active=False)
+            c["log"] = gr.HTML(log_html(""), elem_id="monitor-log")
+    c["cache"] = gr.State(None)  # a MonitorCache per browser session, made on first refresh
+    c["timer"] = gr.Timer(TICK_S, active=False)
+    return c
 
-    def refresh(
-        name: str | None, others: list[str] | None, smooth: float, axis: str, logy: bool, c: MonitorCache | None
-    ) -> tuple[Any, ...]:
-        c = c or MonitorCache()
-        names = [n for n in [name, *(others or [])] if n]
-        names = list(dict.fromkeys(names))
-        if not names:
-            return status_html(None), None, None, "", log_html(""), c, gr.Timer(active=False)
-        records, new = read_runs(runs_dir, c, names)
-        try:
-            st = jobs.status(name) if name else None
-        except Exception as e:
-            return (
-                f"<div class='status-card'>⚠ {html.escape(str(e))}</div>",
-                None,
-                None,
-                "",
-                "",
-                c,
-                gr.Timer(active=False),
-            )
-        active = False
-        for n in names:
-            try:
-                active = active or (st if n == name else jobs.status(n)).active
-            except Exception:
-                continue
-        view = (tuple(names), smooth, axis, logy)
-        if new or view != c.view:
-            key = "|".join(names) + axis  # zoom survives refreshes, resets when the runs or the axis change
-            loss = loss_figure(records, smooth, axis, logy, uirevision="loss" + key)
-            health = health_figure(records, axis, logy, uirevision="health" + key)
-            c.view = view
-        else:
-            loss = health = gr.skip()
-        tail = log_html(jobs.log_tail(name, LOG_LINES) if name else "")
-        return (
-            status_html(st),
-            loss,
-            health,
-            last_sample(records.get(name, [])),
-            tail,
-            c,
-            gr.Timer(active=active),
+
+def _wire(tab: Tab, ctx: AppContext) -> None:
+    refresh = bind(refresh_monitor, tab, ctx)
+    inputs, outputs = [tab[n] for n in VIEW_INPUTS], [tab[n] for n in VIEW_OUTPUTS]
+    tab["timer"].tick(refresh, inputs, outputs, show_progress="hidden", queue=True, concurrency_limit=4)
+    for name in ("run", "compare", "x_axis", "log_y"):
+        tab[name].change(refresh, inputs, outputs, show_progress="hidden")
+    tab["smoothing"].release(refresh, inputs, outputs, show_progress="hidden")
+    choices = bind(refresh_run_choices, tab, ctx)
+    pickers = [tab["run"], tab["compare"]]
+    tab["refresh_btn"].click(choices, tab["run"], pickers).then(refresh, inputs, outputs, show_progress="hidden")
+    for button, action in (("stop_btn", stop_and_watch), ("resume_btn", resume_and_watch)):
+        tab[button].click(bind(action, tab, ctx), tab["run"], tab["timer"]).then(
+            refresh, inputs, outputs, show_progress="hidden"
         )
+    tab.on_open += [OnOpen(choices, [tab["run"]], pickers), OnOpen(refresh, inputs, outputs)]
 
-    inputs = [run, compare, smoothing, x_axis, log_y, cache]
-    outputs = [status, loss_plot, health_plot, sample, log, cache, timer]
-    timer.tick(refresh, inputs, outputs, show_progress="hidden", queue=True, concurrency_limit=4)
-    for comp in (run, compare, x_axis, log_y):
-        comp.change(refresh, inputs, outputs, show_progress="hidden")
-    smoothing.release(refresh, inputs, outputs, show_progress="hidden")
 
-    def refresh_choices(current: str | None) -> tuple[Any, Any]:
-        runs = list_runs(runs_dir)
-        names = [st.name for st in runs]
-        value = current if current in names else (names[0] if names else None)
-        return gr.update(choices=run_choices(runs), value=value), gr.update(choices=run_choices(runs))
-
-    refresh_btn.click(refresh_choices, run, [run, compare]).then(refresh, inputs, outputs, show_progress="hidden")
-
-    def follow(launched: str) -> tuple[Any, Any, Any]:
-        name = (launched or "").rpartition("@")[0]
-        if not name:
-            return gr.update(), gr.update(), gr.update()
-        runs = list_runs(runs_dir)
-        return (
-            gr.update(choices=run_choices(runs), value=name),
-            gr.update(choices=run_choices(runs)),
-            gr.Timer(active=True),
-        )
-
-    def stop(name: str | None) -> Any:
-        if not name:
-            gr.Warning("Pick a run first.")
-            return gr.update()
-        try:
-            jobs.stop(name, wait=False)  # the trainer saves a checkpoint; the timer shows when it is gone
-        except Exception as e:
-            gr.Warning(f"Could not stop {name}: {e}")
-        return gr.Timer(active=True)
-
-    def resume(name: str | None) -> Any:
-        if not name:
-            gr.Warning("Pick a run first.")
-            return gr.update()
-        try:
-            jobs.resume(name)
-        except Exception as e:
-            gr.Warning(f"Could not resume {name}: {e}")
-            return gr.update()
-        gr.Info(f"Resumed {name} from its latest checkpoint.")
-        return gr.Timer(active=True)
-
-    stop_btn.click(stop, run, timer).then(refresh, inputs, outputs, show_progress="hidden")
-    resume_btn.click(resume, run, timer).then(refresh, inputs, outputs, show_progress="hidden")
-    return MonitorTab(run, compare, timer, refresh, inputs, outputs, follow, refresh_choices)
+def build(ctx: AppContext) -> Tab:
+    tab = Tab("monitor", {**_layout_pickers(ctx), **_layout_charts()})
+    _wire(tab, ctx)
+    return tab

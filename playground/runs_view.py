@@ -1,23 +1,16 @@
-"""Shared helpers of the tabs: the Jobs handle per runs folder, run pickers and human-readable numbers."""
+"""Shared helpers of the tabs: run pickers and human-readable numbers."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from core.jobs import Jobs, JobStatus
 
 
-@functools.cache
-def jobs_for(runs_dir: Path) -> Jobs:
-    """One Jobs per runs folder in this process: it reaps the children it launched and caches metric summaries."""
-    return Jobs(runs_dir)
-
-
-def list_runs(runs_dir: Path) -> list[JobStatus]:
+def list_runs(jobs: Jobs) -> list[JobStatus]:
     """Every run, active first, then newest first; never raises (a broken folder shows as unknown)."""
     try:
-        return jobs_for(runs_dir).list_runs()
+        return jobs.list_runs()
     except Exception:
         return []
 
@@ -43,3 +36,13 @@ def duration(seconds: float | None) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+def folder_size(path: Path) -> int:
+    """Bytes in the files under path."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def megabytes(n: int) -> str:
+    """1234567 -> '1.2 MB'; below 100 kB in kB."""
+    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.0f} kB"

@@ -1,13 +1,17 @@
 """The contract every tab module follows.
 
 A tab module exposes `build(ctx: AppContext) -> Tab`, called inside its `gr.Tab`. It lays out its
-components, wires its own events to module-level callbacks, and returns a Tab: the components other
-tabs may connect to (by name), and what to run when the tab is opened or the page is loaded. Layout
-lives in the tab modules; the logic they call lives in `core` and in the shared playground modules.
+components, wires its own events to module-level callbacks, and returns a Tab: its components by name
+(callbacks key their outputs by them, other tabs connect to them), and what to run when the tab is
+opened or the page is loaded. Callbacks are plain functions `fn(tab, ctx, *inputs) -> {component:
+value}` bound with `bind`; a component left out of the returned dict keeps its value. Layout lives in
+the tab modules; the logic they call lives in `core` and in the shared playground modules.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +29,20 @@ class AppContext:
     runs_dir: Path
     jobs: Jobs
 
+    @classmethod
+    def for_runs_dir(cls, runs_dir: str | Path) -> AppContext:
+        """The context of one runs folder (created if missing), with its Jobs."""
+        path = Path(runs_dir).expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path, Jobs(path))
+
 
 @dataclass(frozen=True)
 class OnOpen:
-    """An event to run when the tab is selected and when the page loads: fn(*inputs) -> outputs."""
+    """An event to run when the tab is selected and when the page loads: fn(*inputs) -> outputs.
+
+    A tab's on_open steps run in order, each after the previous one finished.
+    """
 
     fn: Callable[..., Any]
     inputs: Sequence[gr.components.Component]
@@ -43,3 +57,27 @@ class Tab:
 
     def __getitem__(self, name: str) -> Any:
         return self.components[name]
+
+
+def bind(fn: Callable[..., Any], *first: Any) -> Callable[..., Any]:
+    """fn with its first arguments fixed (usually the Tab and the AppContext), as a plain function.
+
+    Unlike functools.partial, the result keeps fn's name (Gradio names the API endpoint after it), its
+    remaining signature and its type hints (Gradio finds gr.Request / gr.SelectData parameters through them),
+    and stays a generator function when fn is one (Gradio streams only those).
+    """
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            yield from fn(*first, *args, **kwargs)
+
+    else:
+
+        @functools.wraps(fn)
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return fn(*first, *args, **kwargs)
+
+    params = list(inspect.signature(fn).parameters.values())[len(first) :]
+    bound.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return bound

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import shlex
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import torch
 
+from core.cli import config_to_flags
 from core.config import PRESETS, ConfigError, ModelConfig, TrainConfig, model_config
 from core.data import DataError, source_files
+from core.distributed import gpu_count
+from core.jobs import JobError, Jobs
 from core.runs import validate_run_name
-from playground.runs_view import duration, human, jobs_for, list_runs, run_choices
+from playground import actions
+from playground.runs_view import duration, human, list_runs, run_choices
+from playground.tab import AppContext, OnOpen, Tab, bind
 
 DATA_SOURCES = {
     "shakespeare": "Bundled tinyshakespeare (1 MB)",
@@ -26,17 +29,6 @@ DATA_SOURCES = {
     "hf": "Hugging Face dataset",
 }
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
-GPU_COUNT = torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def device_choices(gpus: int = GPU_COUNT) -> list[tuple[str, str]]:
-    choices = [("CPU · 1 process", "cpu"), ("CPU · DDP (gloo)", "cpu-ddp")]
-    if gpus >= 1:
-        choices.append(("GPU · 1 process", "gpu"))
-    if gpus >= 2:
-        choices.append((f"All {gpus} GPUs · DDP (nccl)", "gpus-ddp"))
-    return choices
-
 
 # Form fields in the order of the callbacks' inputs, with their defaults (a newcomer's first run: tiny on CPU).
 DEFAULTS: dict[str, Any] = {
@@ -80,29 +72,41 @@ INT_FIELDS = {
     "nproc",
     "hf_token_budget",
 }
-# Which field a ConfigError is about, by how its message starts (longest keys first: min_lr before lr).
-ERROR_FIELDS = [
-    ("total_batch_tokens", "total_batch_tokens"),
-    ("run name", "run_name"),
-    ("batch_size", "batch_size"),
-    ("seq_len", "seq_len"),
-    ("max_steps", "max_steps"),
-    ("min_lr", "min_lr"),
-    ("lr", "lr"),
-    ("warmup", "warmup_steps"),
-    ("weight_decay", "weight_decay"),
-    ("intervals", "eval_interval"),
-    ("precision", "precision"),
-    ("nproc", "nproc"),
-]
+NUMBER_FIELDS = [name for name in FIELDS if name in INT_FIELDS or name in ("lr", "min_lr", "weight_decay")]
+# The hint under each field (the preset's and the device's are computed: see field_info). An error message takes
+# its place until the value is fixed.
+FIELD_INFOS = {
+    "run_name": "Empty: preset + date and time",
+    "data_path": "A .txt/.jsonl/.parquet file, or a folder of them",
+    "hf_dataset": "Streamed from the Hub (needs internet and `pip install datasets`)",
+    "hf_token_budget": "Tokens taken from the stream",
+    "batch_size": "Sequences per process",
+    "seq_len": "≤ the model's context",
+    "total_batch_tokens": "0: no accumulation",
+    "max_steps": "Optimizer steps",
+    "lr": "Peak, after warmup",
+    "warmup_steps": "Linear ramp to the peak",
+    "min_lr": "Cosine decay ends here",
+    "weight_decay": "AdamW, on matrices only",
+    "eval_interval": "Steps between val-loss evaluations (0 = never)",
+    "ckpt_interval": "Steps between checkpoints (0 = only at the end / on stop)",
+    "sample_interval": "Steps between text samples shown in Monitor (0 = never)",
+    "precision": "auto: bf16 on recent GPUs, else fp32",
+    "compile": "Faster steps after a slow first one",
+    "init_from": "Start from random weights, a run's latest checkpoint, or an imported GPT-2",
+    "nproc": "Processes for CPU DDP (gloo)",
+    "allow_concurrent": "Run even if another job is using the same device",
+}
+PICK_A_RUN_HINT = "Pick a run to stop or resume it."
 
 
-class FieldError(ValueError):
-    """A form value that cannot work; `field` is the form field the message belongs next to."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+def device_choices(gpus: int) -> list[tuple[str, str]]:
+    choices = [("CPU · 1 process", "cpu"), ("CPU · DDP (gloo)", "cpu-ddp")]
+    if gpus >= 1:
+        choices.append(("GPU · 1 process", "gpu"))
+    if gpus >= 2:
+        choices.append((f"All {gpus} GPUs · DDP (nccl)", "gpus-ddp"))
+    return choices
 
 
 def param_count(mc: ModelConfig) -> int:
@@ -124,62 +128,90 @@ def preset_summary(preset: str) -> str:
     )
 
 
-def _number(values: dict[str, Any], name: str, label: str) -> Any:
-    v = values.get(name)
-    if v is None or v == "":
-        raise FieldError(name, f"{label} is empty; enter a number")
-    return int(v) if name in INT_FIELDS else float(v)
+def field_info(name: str, preset: str | None = None) -> str | None:
+    """The hint under a form field: the preset's size, the GPUs found, or a fixed text."""
+    if name == "preset":
+        return preset_summary(preset or DEFAULTS["preset"])
+    if name == "device":
+        gpus = gpu_count()
+        if not gpus:
+            return "No CUDA GPU detected: GPU options appear when one is present"
+        return f"{gpus} CUDA GPU{'s' if gpus != 1 else ''} detected"
+    return FIELD_INFOS.get(name)
 
 
-def form_to_config(values: dict[str, Any], runs_dir: Path) -> TrainConfig:
-    """The validated TrainConfig of the form's values; FieldError names the field and the fix."""
-    v = {**DEFAULTS, **values}
-    num = {
-        name: _number(v, name, name.replace("_", " "))
-        for name in INT_FIELDS | {"lr", "min_lr", "weight_decay"}
-        if name != "hf_token_budget" or v["data_source"] == "hf"
-    }
-    name = (v["run_name"] or "").strip()
-    if name:
-        try:
-            validate_run_name(name)
-        except ConfigError as e:
-            raise FieldError("run_name", str(e)) from e
-    data, data_config, budget = "shakespeare", None, None
+# ----- form -> TrainConfig (ConfigError.field names the form field a message belongs next to) -------------------
+
+
+def _numbers(v: dict[str, Any]) -> dict[str, int | float]:
+    out: dict[str, int | float] = {}
+    for name in NUMBER_FIELDS:
+        if name == "hf_token_budget" and v["data_source"] != "hf":
+            continue
+        if v.get(name) is None or v[name] == "":
+            raise ConfigError(f"{name.replace('_', ' ')} is empty; enter a number", field=name)
+        out[name] = int(v[name]) if name in INT_FIELDS else float(v[name])
+    return out
+
+
+def _data_source(v: dict[str, Any], num: dict[str, Any]) -> tuple[str, str | None, int | None]:
+    """(data, data_config, data_token_budget) of the Training data fields."""
     if v["data_source"] == "local":
         path = (v["data_path"] or "").strip()
         if not path:
-            raise FieldError("data_path", "data path is empty; give a .txt/.jsonl/.parquet file or a folder of them")
+            raise ConfigError(
+                "data path is empty; give a .txt/.jsonl/.parquet file or a folder of them", field="data_path"
+            )
         try:
             source_files(path)
         except DataError as e:
-            raise FieldError("data_path", str(e)) from e
-        data = path
-    elif v["data_source"] == "hf":
+            raise ConfigError(str(e), field="data_path") from e
+        return path, None, None
+    if v["data_source"] == "hf":
         dataset = (v["hf_dataset"] or "").strip().removeprefix("hf:")
         if not dataset:
-            raise FieldError("hf_dataset", "dataset name is empty; e.g. HuggingFaceFW/fineweb-edu")
+            raise ConfigError("dataset name is empty; e.g. HuggingFaceFW/fineweb-edu", field="hf_dataset")
         if num["hf_token_budget"] < 1:
-            raise FieldError("hf_token_budget", "token budget must be >= 1: a streamed dataset needs a cap")
-        data, data_config, budget = f"hf:{dataset}", (v["hf_config"] or "").strip() or None, num["hf_token_budget"]
-    device, nproc = {
-        "cpu": ("cpu", 1),
-        "cpu-ddp": ("cpu", num["nproc"]),
-        "gpu": ("cuda", 1),
-        "gpus-ddp": ("cuda", GPU_COUNT),
-    }.get(v["device"], (None, 0))
-    if device is None:
-        raise FieldError("device", f"unknown device choice {v['device']!r}")
-    if v["device"] == "cpu-ddp" and not 2 <= nproc <= 64:
-        raise FieldError("nproc", f"CPU DDP needs 2 to 64 processes, got {nproc}")
-    if device == "cuda" and not GPU_COUNT:
-        raise FieldError("device", "no CUDA GPU is visible to this machine; choose a CPU option")
+            raise ConfigError("token budget must be >= 1: a streamed dataset needs a cap", field="hf_token_budget")
+        return f"hf:{dataset}", (v["hf_config"] or "").strip() or None, num["hf_token_budget"]
+    return "shakespeare", None, None
+
+
+def _device_and_nproc(v: dict[str, Any], num: dict[str, Any]) -> tuple[str, int]:
+    gpus = gpu_count()
+    choice = v["device"]
+    choices = {"cpu": ("cpu", 1), "cpu-ddp": ("cpu", num["nproc"]), "gpu": ("cuda", 1), "gpus-ddp": ("cuda", gpus)}
+    device, nproc = choices.get(choice, ("", 0))
+    if not device:
+        raise ConfigError(f"unknown device choice {choice!r}", field="device")
+    if choice == "cpu-ddp" and not 2 <= nproc <= 64:
+        raise ConfigError(f"CPU DDP needs 2 to 64 processes, got {nproc}", field="nproc")
+    if device == "cuda" and not gpus:
+        raise ConfigError("no CUDA GPU is visible to this machine; choose a CPU option", field="device")
+    return device, nproc
+
+
+def _init_from(v: dict[str, Any]) -> str:
     init_from = (v["init_from"] or "scratch").strip() or "scratch"
     looks_like_path = init_from.startswith((".", "~", "/")) or init_from.count("/") > 1
     if init_from != "scratch" and looks_like_path and not Path(init_from).expanduser().exists():
-        raise FieldError(
-            "init_from", f"{init_from} not found; pick a run, give a Hugging Face GPT-2 folder or a hub id like gpt2"
+        raise ConfigError(
+            f"{init_from} not found; pick a run, give a Hugging Face GPT-2 folder or a hub id like gpt2",
+            field="init_from",
         )
+    return init_from
+
+
+def form_to_config(values: dict[str, Any], runs_dir: Path) -> TrainConfig:
+    """The validated TrainConfig of the form's values; ConfigError.field names the field (a form field, or a
+    TrainConfig field the form does not show) and the message the fix."""
+    v = {**DEFAULTS, **values}
+    num = _numbers(v)
+    name = (v["run_name"] or "").strip()
+    if name:
+        validate_run_name(name)
+    data, data_config, budget = _data_source(v, num)
+    device, nproc = _device_and_nproc(v, num)
     cfg = TrainConfig(
         run_name=name,
         runs_dir=str(runs_dir),
@@ -201,17 +233,11 @@ def form_to_config(values: dict[str, Any], runs_dir: Path) -> TrainConfig:
         ckpt_interval=num["ckpt_interval"],
         sample_interval=num["sample_interval"],
         seed=num["seed"],
-        init_from=init_from,
+        init_from=_init_from(v),
         device=device,
         nproc=nproc,
     )
-    try:
-        cfg.validate()
-    except ConfigError as e:
-        msg = str(e)
-        field = next((f for key, f in ERROR_FIELDS if msg.startswith(key)), "launch")
-        raise FieldError(field, msg) from e
-    return cfg
+    return cfg.validate()
 
 
 def batch_summary(cfg: TrainConfig) -> str:
@@ -227,25 +253,9 @@ def batch_summary(cfg: TrainConfig) -> str:
     )
 
 
-def cli_flags(cfg: TrainConfig) -> list[str]:
-    """The config as `python -m core.jobs launch` flags: only the fields that differ from TrainConfig's defaults."""
-    default = TrainConfig()
-    flags = []
-    for key, value in cfg.to_dict().items():
-        if key in ("runs_dir", "extra") or value == getattr(default, key) or value is None:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + key.replace("_", "-"))
-        else:
-            flags += [flag, str(value)]
-    return flags
-
-
-def command_preview(cfg: TrainConfig, runs_dir: Path) -> str:
+def command_preview(cfg: TrainConfig, jobs: Jobs) -> str:
     """What Launch runs (exactly), and the one-liner that does the same launch from a terminal."""
-    jobs = jobs_for(runs_dir)
-    terminal = ["python", "-m", "core.jobs", "--runs-dir", str(runs_dir), "launch", *cli_flags(cfg)]
+    terminal = ["python", "-m", "core.jobs", "--runs-dir", str(jobs.runs_dir), "launch", *config_to_flags(cfg)]
     return (
         "# What Launch runs (after writing the form to config.json in the run folder):\n"
         f"{jobs.command_line(cfg)}\n\n"
@@ -254,267 +264,289 @@ def command_preview(cfg: TrainConfig, runs_dir: Path) -> str:
     )
 
 
-def init_choices(runs_dir: Path) -> list[tuple[str, str]]:
+def init_choices(jobs: Jobs) -> list[tuple[str, str]]:
     """scratch, then every run that has a checkpoint (own runs and imported GPT-2 weights)."""
     choices = [("scratch (random init)", "scratch")]
-    for st in list_runs(runs_dir):
-        if st.checkpoint:
-            choices.append((f"{st.name} ({st.checkpoint})", st.run_dir))
+    choices += [(f"{st.name} ({st.checkpoint})", st.run_dir) for st in list_runs(jobs) if st.checkpoint]
     return choices
 
 
-@dataclass
-class TrainTab:
-    launched: gr.State  # "<run>@<time>" of the run just launched or resumed: the Monitor tab follows it
-    run_picker: gr.Dropdown
-    init_from: gr.Dropdown
-    refresh_choices: Any  # callback(run) -> updates for [run_picker, init_from]
+def error_field(e: Exception) -> str | None:
+    """The form field an error belongs next to; None: next to the Launch button (busy device, disk full)."""
+    if isinstance(e, ConfigError):
+        return e.field
+    # A taken name belongs next to the name field. Once core.jobs has JobError subclasses: isinstance(e, NameTaken).
+    if isinstance(e, JobError) and "a run named" in str(e):
+        return "run_name"
+    return None
 
 
-def _field_updates(infos: dict[str, str | None], error: FieldError | None, preset: str | None = None) -> list[Any]:
-    """Put the error message under its field (red) and restore every other field's hint (the preset's: its size)."""
-    out = []
-    for name in FIELDS:
-        if error is not None and error.field == name:
-            out.append(gr.update(info=f"⚠ {error}", elem_classes=["field-error"]))
-        elif name == "preset" and preset:
-            out.append(gr.update(info=preset_summary(preset), elem_classes=[]))
-        else:
-            out.append(gr.update(info=infos.get(name), elem_classes=[]))
-    return out
-
-
-def build_tab(runs_dir: Path) -> TrainTab:
-    jobs = jobs_for(runs_dir)
-    gpu_note = (
-        f"{GPU_COUNT} CUDA GPU{'s' if GPU_COUNT != 1 else ''} detected"
-        if GPU_COUNT
-        else "No CUDA GPU detected: GPU options appear when one is present"
-    )
-    infos: dict[str, str | None] = {
-        "preset": preset_summary(DEFAULTS["preset"]),
-        "run_name": "Empty: preset + date and time",
-        "data_path": "A .txt/.jsonl/.parquet file, or a folder of them",
-        "hf_dataset": "Streamed from the Hub (needs internet and `pip install datasets`)",
-        "hf_token_budget": "Tokens taken from the stream",
-        "batch_size": "Sequences per process",
-        "seq_len": "≤ the model's context",
-        "total_batch_tokens": "0: no accumulation",
-        "max_steps": "Optimizer steps",
-        "min_lr": "Cosine decay ends here",
-        "eval_interval": "Steps between val-loss evaluations (0 = never)",
-        "ckpt_interval": "Steps between checkpoints (0 = only at the end / on stop)",
-        "sample_interval": "Steps between text samples shown in Monitor (0 = never)",
-        "init_from": "Start from random weights, a run's latest checkpoint, or an imported GPT-2",
-        "nproc": "Processes for CPU DDP (gloo)",
-        "allow_concurrent": "Run even if another job is using the same device",
-        "device": gpu_note,
+def field_states(preset: str | None, error: Exception | None = None) -> dict[str, dict[str, Any]]:
+    """{field: update}: the error's message under its field (red), every other field's hint restored."""
+    bad = error_field(error) if error is not None else None
+    return {
+        name: gr.update(info=f"⚠ {error}", elem_classes=["field-error"])
+        if name == bad
+        else gr.update(info=field_info(name, preset), elem_classes=[])
+        for name in FIELDS
     }
-    comps: dict[str, Any] = {}
 
-    def I(name: str) -> str | None:  # noqa: E743 (short on purpose: read as "info of")
-        return infos.get(name)
 
+def run_summary(jobs: Jobs, name: str | None) -> str:
+    """'**running** · step 120 / 2,000 · 1m 05s elapsed' for the run picked under Manage a run."""
+    if not name:
+        return PICK_A_RUN_HINT
+    try:
+        st = jobs.status(name)
+    except Exception as e:
+        return f"⚠ {e}"
+    step = f"step {st.step:,} / {st.total_steps:,}" if st.step is not None and st.total_steps else "no steps yet"
+    return f"**{st.state}** · {step} · {duration(st.elapsed)} elapsed"
+
+
+# ----- callbacks: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------------------
+
+
+def _fields(tab: Tab, preset: str | None, error: Exception | None = None) -> dict[Any, Any]:
+    return {tab[name]: update for name, update in field_states(preset, error).items()}
+
+
+def preview_form(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
+    """Live: validation next to the field, the batch arithmetic and the exact command."""
+    v = dict(zip(FIELDS, values))
+    try:
+        cfg = form_to_config(v, ctx.runs_dir)
+    except ConfigError as e:
+        message = "⚠ Fix the highlighted field before launching." if e.field in FIELDS else f"⚠ {e}"
+        return {**_fields(tab, v.get("preset"), e), tab["batch_md"]: "", tab["message"]: message}
+    return {
+        **_fields(tab, v.get("preset")),
+        tab["command"]: command_preview(cfg, ctx.jobs),
+        tab["batch_md"]: batch_summary(cfg),
+        tab["message"]: "",
+    }
+
+
+def fit_seq_len_to_preset(tab: Tab, ctx: AppContext, preset: str, seq_len: int | None) -> Any:
+    """Shrink the sequence length when the new model's context is shorter."""
+    try:
+        block = model_config(preset).block_size
+    except ConfigError:
+        return gr.skip()
+    return {tab["seq_len"]: block} if not seq_len or seq_len > block else gr.skip()
+
+
+def show_data_fields(tab: Tab, ctx: AppContext, source: str) -> dict[Any, Any]:
+    return {tab["data_path"]: gr.update(visible=source == "local"), tab["hf_row"]: gr.update(visible=source == "hf")}
+
+
+def show_nproc(tab: Tab, ctx: AppContext, device: str) -> dict[Any, Any]:
+    return {tab["nproc"]: gr.update(visible=device == "cpu-ddp")}
+
+
+def launch_run(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
+    """Validate and launch; the launched marker (run, time) makes the Monitor tab follow the new run."""
+    v = dict(zip(FIELDS, values))
+    try:
+        cfg = form_to_config(v, ctx.runs_dir)
+        job = ctx.jobs.launch(cfg, allow_concurrent=bool(v["allow_concurrent"]))
+    except Exception as e:  # bad value, name taken, busy device, disk full: a message, never a trace
+        return {**_fields(tab, v.get("preset"), e), tab["message"]: f"⚠ Not launched: {e}"}
+    return {
+        **_fields(tab, v.get("preset")),
+        tab["message"]: f"✅ Launched **{job.name}** (pid {job.pid}): follow it in the Monitor tab.",
+        tab["run_picker"]: gr.update(choices=run_choices(list_runs(ctx.jobs)), value=job.name),
+        tab["launched"]: (job.name, time.time()),
+        tab["init_from"]: gr.update(choices=init_choices(ctx.jobs)),
+    }
+
+
+def describe_picked_run(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, Any]:
+    return {tab["run_md"]: run_summary(ctx.jobs, name)}
+
+
+def stop_picked_run(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, Any]:
+    stopped = actions.stop_run(ctx.jobs, name)
+    if not stopped.ok:
+        return {tab["run_md"]: f"⚠ {stopped.message}"}
+    return {
+        tab["run_md"]: run_summary(ctx.jobs, name),
+        tab["run_picker"]: gr.update(choices=run_choices(list_runs(ctx.jobs)), value=name),
+    }
+
+
+def resume_picked_run(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, Any]:
+    resumed = actions.resume_run(ctx.jobs, name)
+    if not resumed.ok:
+        return {tab["run_md"]: f"⚠ {resumed.message}"}
+    return {
+        tab["run_md"]: run_summary(ctx.jobs, name),
+        tab["run_picker"]: gr.update(choices=run_choices(list_runs(ctx.jobs)), value=name),
+        tab["launched"]: (name, time.time()),
+    }
+
+
+def refresh_run_pickers(tab: Tab, ctx: AppContext, current: str | None) -> dict[Any, Any]:
+    """Runs and checkpoints appear in the pickers when the tab is opened (they change in other tabs)."""
+    runs = list_runs(ctx.jobs)
+    value = current if current in [st.name for st in runs] else None
+    return {
+        tab["run_picker"]: gr.update(choices=run_choices(runs), value=value),
+        tab["init_from"]: gr.update(choices=init_choices(ctx.jobs)),
+    }
+
+
+# ----- layout -------------------------------------------------------------------------------------------------------
+
+
+def _number_field(name: str, label: str) -> gr.Number:
+    return gr.Number(DEFAULTS[name], label=label, precision=0, info=field_info(name), minimum=0)
+
+
+def _layout_model_and_data() -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Group(), gr.Row():
+        c["preset"] = gr.Dropdown(
+            list(PRESETS), value=DEFAULTS["preset"], label="Model preset", info=field_info("preset"), scale=3
+        )
+        c["run_name"] = gr.Textbox(label="Run name", placeholder="auto", info=field_info("run_name"), scale=2)
+    with gr.Group():
+        c["data_source"] = gr.Radio(
+            [(label, key) for key, label in DATA_SOURCES.items()], value="shakespeare", label="Training data"
+        )
+        c["data_path"] = gr.Textbox(
+            label="Data path", placeholder="/path/to/corpus.txt", info=field_info("data_path"), visible=False
+        )
+        with gr.Row(visible=False) as c["hf_row"]:
+            c["hf_dataset"] = gr.Textbox(
+                label="Dataset", placeholder="HuggingFaceFW/fineweb-edu", info=field_info("hf_dataset"), scale=3
+            )
+            c["hf_config"] = gr.Textbox(label="Config", placeholder="sample-10BT", scale=2)
+            c["hf_token_budget"] = _number_field("hf_token_budget", "Token budget")
+    return c
+
+
+def _layout_batch_and_optimizer(ctx: AppContext) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Group():
+        with gr.Row():
+            for name, label in (
+                ("batch_size", "Batch size"),
+                ("seq_len", "Sequence length"),
+                ("total_batch_tokens", "Tokens per step"),
+                ("max_steps", "Steps"),
+            ):
+                c[name] = _number_field(name, label)
+        c["batch_md"] = gr.Markdown(batch_summary(form_to_config(DEFAULTS, ctx.runs_dir)), elem_classes=["hint"])
+    with gr.Group(), gr.Row():
+        c["lr"] = gr.Number(DEFAULTS["lr"], label="Learning rate", info=field_info("lr"))
+        c["warmup_steps"] = gr.Number(
+            DEFAULTS["warmup_steps"], label="Warmup steps", precision=0, info=field_info("warmup_steps")
+        )
+        c["min_lr"] = gr.Number(DEFAULTS["min_lr"], label="Min learning rate", info=field_info("min_lr"))
+        c["weight_decay"] = gr.Number(DEFAULTS["weight_decay"], label="Weight decay", info=field_info("weight_decay"))
+    return c
+
+
+def _layout_advanced() -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Accordion("Evaluation, checkpoints, precision, seed", open=False):
+        with gr.Row():
+            for name, label in (
+                ("eval_interval", "Eval every"),
+                ("ckpt_interval", "Checkpoint every"),
+                ("sample_interval", "Sample every"),
+                ("seed", "Seed"),
+            ):
+                c[name] = _number_field(name, label)
+        with gr.Row():
+            c["precision"] = gr.Dropdown(PRECISIONS, value="auto", label="Precision", info=field_info("precision"))
+            c["compile"] = gr.Checkbox(False, label="torch.compile", info=field_info("compile"))
+    return c
+
+
+def _layout_launch(ctx: AppContext) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Group():
+        c["device"] = gr.Radio(device_choices(gpu_count()), value="cpu", label="Device", info=field_info("device"))
+        c["nproc"] = gr.Slider(2, 8, value=2, step=1, label="CPU processes", info=field_info("nproc"), visible=False)
+        c["allow_concurrent"] = gr.Checkbox(
+            False, label="Allow alongside another job", info=field_info("allow_concurrent")
+        )
+    c["init_from"] = gr.Dropdown(
+        init_choices(ctx.jobs),
+        value="scratch",
+        label="Initialize from",
+        info=field_info("init_from"),
+        allow_custom_value=True,
+    )
+    c["command"] = gr.Code(
+        command_preview(form_to_config(DEFAULTS, ctx.runs_dir), ctx.jobs),
+        label="Command (copy it to a terminal)",
+        language="shell",
+        wrap_lines=True,
+        elem_id="command-preview",
+    )
+    c["message"] = gr.Markdown(elem_classes=["form-message"], elem_id="train-message")
+    c["launch_btn"] = gr.Button("Launch training", variant="primary", size="lg", elem_id="launch-btn")
+    return c
+
+
+def _layout_manage(ctx: AppContext) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    gr.Markdown("**Manage a run**", elem_classes=["section-title"])
+    with gr.Row(equal_height=True):
+        c["run_picker"] = gr.Dropdown(
+            run_choices(list_runs(ctx.jobs)), label="Run", show_label=False, scale=5, elem_id="train-run-picker"
+        )
+        c["stop_btn"] = gr.Button(
+            "Stop", size="md", scale=1, min_width=76, elem_classes=["danger"], elem_id="train-stop"
+        )
+        c["resume_btn"] = gr.Button("Resume", size="md", scale=1, min_width=86, elem_id="train-resume")
+    c["run_md"] = gr.Markdown(PICK_A_RUN_HINT, elem_classes=["hint"])
+    # The run just launched or resumed, as (name, time): the Monitor tab follows it.
+    c["launched"] = gr.State(None)
+    return c
+
+
+# ----- wiring -------------------------------------------------------------------------------------------------------
+
+
+def _wire(tab: Tab, ctx: AppContext) -> None:
+    fields = [tab[name] for name in FIELDS]
+    preview = bind(preview_form, tab, ctx)
+    preview_outputs = [*fields, tab["command"], tab["batch_md"], tab["message"]]
+    for comp in fields:
+        event = comp.input if isinstance(comp, (gr.Textbox, gr.Number)) else comp.change
+        event(preview, fields, preview_outputs, show_progress="hidden", queue=False)
+    tab["preset"].change(
+        bind(fit_seq_len_to_preset, tab, ctx), [tab["preset"], tab["seq_len"]], tab["seq_len"], queue=False
+    ).then(preview, fields, preview_outputs, show_progress="hidden", queue=False)
+    tab["data_source"].change(
+        bind(show_data_fields, tab, ctx), tab["data_source"], [tab["data_path"], tab["hf_row"]], queue=False
+    )
+    tab["device"].change(bind(show_nproc, tab, ctx), tab["device"], tab["nproc"], queue=False)
+    launched = [tab["message"], tab["run_picker"], tab["launched"], tab["init_from"]]
+    tab["launch_btn"].click(bind(launch_run, tab, ctx), fields, [*fields, *launched], concurrency_limit=1)
+
+    picker = tab["run_picker"]
+    picker.change(bind(describe_picked_run, tab, ctx), picker, tab["run_md"], queue=False)
+    tab["stop_btn"].click(bind(stop_picked_run, tab, ctx), picker, [tab["run_md"], picker])
+    tab["resume_btn"].click(bind(resume_picked_run, tab, ctx), picker, [tab["run_md"], picker, tab["launched"]])
+    tab.on_open.append(OnOpen(bind(refresh_run_pickers, tab, ctx), [picker], [picker, tab["init_from"]]))
+
+
+def build(ctx: AppContext) -> Tab:
+    tab = Tab("train")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            with gr.Group(), gr.Row():
-                comps["preset"] = gr.Dropdown(
-                    list(PRESETS), value=DEFAULTS["preset"], label="Model preset", info=I("preset"), scale=3
-                )
-                comps["run_name"] = gr.Textbox(label="Run name", placeholder="auto", info=I("run_name"), scale=2)
-            with gr.Group():
-                comps["data_source"] = gr.Radio(
-                    [(label, key) for key, label in DATA_SOURCES.items()], value="shakespeare", label="Training data"
-                )
-                comps["data_path"] = gr.Textbox(
-                    label="Data path", placeholder="/path/to/corpus.txt", info=I("data_path"), visible=False
-                )
-                with gr.Row(visible=False) as hf_row:
-                    comps["hf_dataset"] = gr.Textbox(
-                        label="Dataset", placeholder="HuggingFaceFW/fineweb-edu", info=I("hf_dataset"), scale=3
-                    )
-                    comps["hf_config"] = gr.Textbox(label="Config", placeholder="sample-10BT", scale=2)
-                    comps["hf_token_budget"] = gr.Number(
-                        DEFAULTS["hf_token_budget"], label="Token budget", precision=0, info=I("hf_token_budget")
-                    )
-            with gr.Group():
-                with gr.Row():
-                    for name, label in (
-                        ("batch_size", "Batch size"),
-                        ("seq_len", "Sequence length"),
-                        ("total_batch_tokens", "Tokens per step"),
-                        ("max_steps", "Steps"),
-                    ):
-                        comps[name] = gr.Number(DEFAULTS[name], label=label, precision=0, info=I(name), minimum=0)
-                batch_md = gr.Markdown(batch_summary(form_to_config(DEFAULTS, runs_dir)), elem_classes=["hint"])
-            with gr.Group(), gr.Row():
-                comps["lr"] = gr.Number(DEFAULTS["lr"], label="Learning rate", info="Peak, after warmup")
-                comps["warmup_steps"] = gr.Number(
-                    DEFAULTS["warmup_steps"], label="Warmup steps", precision=0, info="Linear ramp to the peak"
-                )
-                comps["min_lr"] = gr.Number(DEFAULTS["min_lr"], label="Min learning rate", info=I("min_lr"))
-                comps["weight_decay"] = gr.Number(
-                    DEFAULTS["weight_decay"], label="Weight decay", info="AdamW, on matrices only"
-                )
-            with gr.Accordion("Evaluation, checkpoints, precision, seed", open=False):
-                with gr.Row():
-                    for name, label in (
-                        ("eval_interval", "Eval every"),
-                        ("ckpt_interval", "Checkpoint every"),
-                        ("sample_interval", "Sample every"),
-                        ("seed", "Seed"),
-                    ):
-                        comps[name] = gr.Number(DEFAULTS[name], label=label, precision=0, info=I(name), minimum=0)
-                with gr.Row():
-                    comps["precision"] = gr.Dropdown(
-                        PRECISIONS, value="auto", label="Precision", info="auto: bf16 on recent GPUs, else fp32"
-                    )
-                    comps["compile"] = gr.Checkbox(
-                        False, label="torch.compile", info="Faster steps after a slow first one"
-                    )
+            tab.components |= _layout_model_and_data()
+            tab.components |= _layout_batch_and_optimizer(ctx)
+            tab.components |= _layout_advanced()
         with gr.Column(scale=2):
-            with gr.Group():
-                comps["device"] = gr.Radio(device_choices(), value="cpu", label="Device", info=I("device"))
-                comps["nproc"] = gr.Slider(2, 8, value=2, step=1, label="CPU processes", info=I("nproc"), visible=False)
-                comps["allow_concurrent"] = gr.Checkbox(
-                    False, label="Allow alongside another job", info=I("allow_concurrent")
-                )
-            comps["init_from"] = gr.Dropdown(
-                init_choices(runs_dir),
-                value="scratch",
-                label="Initialize from",
-                info=I("init_from"),
-                allow_custom_value=True,
-            )
-            first = form_to_config(DEFAULTS, runs_dir)
-            command = gr.Code(
-                command_preview(first, runs_dir),
-                label="Command (copy it to a terminal)",
-                language="shell",
-                wrap_lines=True,
-                elem_id="command-preview",
-            )
-            message = gr.Markdown(elem_classes=["form-message"], elem_id="train-message")
-            launch_btn = gr.Button("Launch training", variant="primary", size="lg", elem_id="launch-btn")
-            gr.Markdown("**Manage a run**", elem_classes=["section-title"])
-            with gr.Row(equal_height=True):
-                run_picker = gr.Dropdown(
-                    run_choices(list_runs(runs_dir)), label="Run", show_label=False, scale=5, elem_id="train-run-picker"
-                )
-                stop_btn = gr.Button(
-                    "Stop", size="md", scale=1, min_width=76, elem_classes=["danger"], elem_id="train-stop"
-                )
-                resume_btn = gr.Button("Resume", size="md", scale=1, min_width=86, elem_id="train-resume")
-            run_md = gr.Markdown("Pick a run to stop or resume it.", elem_classes=["hint"])
-    for name, comp in comps.items():  # stable ids for browser tests and custom CSS
-        comp.elem_id = "train-" + name.replace("_", "-")
-    launched = gr.State("")
-
-    inputs = [comps[n] for n in FIELDS]
-    field_outputs = [comps[n] for n in FIELDS]
-
-    def preview(*values: Any) -> list[Any]:
-        """Live: validation next to the field, the batch arithmetic and the exact command."""
-        v = dict(zip(FIELDS, values))
-        try:
-            cfg = form_to_config(v, runs_dir)
-        except FieldError as e:
-            msg = f"⚠ {e}" if e.field == "launch" else "⚠ Fix the highlighted field before launching."
-            return [*_field_updates(infos, e, v.get("preset")), gr.update(), "", msg]
-        return [*_field_updates(infos, None, v.get("preset")), command_preview(cfg, runs_dir), batch_summary(cfg), ""]
-
-    preview_outputs = [*field_outputs, command, batch_md, message]
-    for comp in inputs:
-        getattr(comp, "input" if isinstance(comp, (gr.Textbox, gr.Number)) else "change")(
-            preview, inputs, preview_outputs, show_progress="hidden", queue=False
-        )
-
-    def on_preset(preset: str, seq_len: int | None) -> Any:
-        """Show the model's size; shrink the sequence length when the new model's context is shorter."""
-        try:
-            block = model_config(preset).block_size
-        except ConfigError:
-            return gr.update()
-        return gr.update(value=block) if not seq_len or seq_len > block else gr.update()
-
-    comps["preset"].change(on_preset, [comps["preset"], comps["seq_len"]], comps["seq_len"], queue=False).then(
-        preview, inputs, preview_outputs, show_progress="hidden", queue=False
-    )
-    comps["data_source"].change(
-        lambda s: (gr.update(visible=s == "local"), gr.update(visible=s == "hf")),
-        comps["data_source"],
-        [comps["data_path"], hf_row],
-        queue=False,
-    )
-    comps["device"].change(lambda d: gr.update(visible=d == "cpu-ddp"), comps["device"], comps["nproc"], queue=False)
-
-    def launch(*values: Any) -> list[Any]:
-        v = dict(zip(FIELDS, values))
-        try:
-            cfg = form_to_config(v, runs_dir)
-        except FieldError as e:
-            msg = f"⚠ {e}" if e.field == "launch" else f"⚠ Not launched: {e}"
-            return [*_field_updates(infos, e, v.get("preset")), msg, gr.update(), gr.update(), gr.update()]
-        try:
-            job = jobs.launch(cfg, allow_concurrent=bool(v["allow_concurrent"]))
-        except Exception as e:  # busy device, name clash, disk full: a message, never a trace
-            # A taken name belongs next to the name field; a busy device next to the button.
-            error = FieldError("run_name", str(e)) if "a run named" in str(e) else None
-            return [
-                *_field_updates(infos, error, v.get("preset")),
-                f"⚠ Not launched: {e}",
-                gr.update(),
-                gr.update(),
-                gr.update(),
-            ]
-        return [
-            *_field_updates(infos, None, v.get("preset")),
-            f"✅ Launched **{job.name}** (pid {job.pid}): follow it in the Monitor tab.",
-            gr.update(choices=run_choices(list_runs(runs_dir)), value=job.name),
-            f"{job.name}@{time.time()}",
-            gr.update(choices=init_choices(runs_dir)),
-        ]
-
-    launch_btn.click(
-        launch, inputs, [*field_outputs, message, run_picker, launched, comps["init_from"]], concurrency_limit=1
-    )
-
-    def describe(name: str | None) -> str:
-        if not name:
-            return "Pick a run to stop or resume it."
-        try:
-            st = jobs.status(name)
-        except Exception as e:
-            return f"⚠ {e}"
-        step = f"step {st.step:,} / {st.total_steps:,}" if st.step is not None and st.total_steps else "no steps yet"
-        return f"**{st.state}** · {step} · {duration(st.elapsed)} elapsed"
-
-    def stop(name: str | None) -> tuple[str, Any]:
-        if not name:
-            return "⚠ Pick a run first.", gr.update()
-        try:
-            jobs.stop(name, wait=False)  # returns at once; the trainer saves a checkpoint and exits
-        except Exception as e:
-            return f"⚠ Could not stop {name}: {e}", gr.update()
-        return describe(name), gr.update(choices=run_choices(list_runs(runs_dir)), value=name)
-
-    def resume(name: str | None) -> tuple[str, Any, str]:
-        if not name:
-            return "⚠ Pick a run first.", gr.update(), gr.update()
-        try:
-            jobs.resume(name)
-        except Exception as e:
-            return f"⚠ Could not resume {name}: {e}", gr.update(), gr.update()
-        return describe(name), gr.update(choices=run_choices(list_runs(runs_dir)), value=name), f"{name}@{time.time()}"
-
-    run_picker.change(describe, run_picker, run_md, queue=False)
-    stop_btn.click(stop, run_picker, [run_md, run_picker])
-    resume_btn.click(resume, run_picker, [run_md, run_picker, launched])
-
-    def refresh_choices(current: str | None) -> tuple[Any, Any]:
-        """Runs and checkpoints appear in the pickers when the tab is opened (they change in other tabs)."""
-        runs = list_runs(runs_dir)
-        value = current if current in [st.name for st in runs] else None
-        return gr.update(choices=run_choices(runs), value=value), gr.update(choices=init_choices(runs_dir))
-
-    return TrainTab(launched, run_picker, comps["init_from"], refresh_choices)
+            tab.components |= _layout_launch(ctx)
+            tab.components |= _layout_manage(ctx)
+    for name in FIELDS:  # stable ids for browser tests and custom CSS
+        tab[name].elem_id = "train-" + name.replace("_", "-")
+    _wire(tab, ctx)
+    return tab

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
+import shlex
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import gradio as gr
+import gradio.utils
 import pytest
 import torch
 
 import app
 from core import jobs as jobs_cli
 from core.checkpoint import list_checkpoints, save_checkpoint
-from core.config import TrainConfig, model_config
-from core.jobs import JobStatus
+from core.config import ConfigError, TrainConfig, model_config
+from core.jobs import Jobs, JobStatus
 from core.metrics import MetricsWriter, read_all
 from core.model import GPT
-from playground import figures, models_tab, monitor_tab, train_tab
-from playground.train_tab import DEFAULTS, FieldError, form_to_config
+from playground import actions, figures, models_tab, monitor_tab, train_tab
+from playground.app import build_ui
+from playground.tab import AppContext, bind
+from playground.train_tab import DEFAULTS, form_to_config
+from tests.helpers import wait_for
 
 
 def form(**overrides):
@@ -65,14 +72,14 @@ def test_defaults_make_a_valid_cpu_config(tmp_path):
     ],
 )
 def test_invalid_settings_name_their_field(tmp_path, overrides, field, words):
-    with pytest.raises(FieldError) as e:
+    with pytest.raises(ConfigError) as e:
         form_to_config(form(**overrides), tmp_path)
     assert e.value.field == field
     assert words in str(e.value)
 
 
 def test_batch_tokens_error_suggests_a_fix_and_accumulation_is_shown(tmp_path):
-    with pytest.raises(FieldError, match=r"try 4096"):
+    with pytest.raises(ConfigError, match=r"try 4096"):
         form_to_config(form(total_batch_tokens=5000), tmp_path)
     cfg = form_to_config(form(total_batch_tokens=8192, device="cpu-ddp", nproc=2), tmp_path)
     assert cfg.grad_accum_steps(2) == 2
@@ -90,8 +97,8 @@ def test_local_data_path_is_accepted(tmp_path):
 
 def test_command_preview_is_the_launch_command(tmp_path):
     cfg = form_to_config(form(run_name="ddp-run", device="cpu-ddp", nproc=2, preset="micro", seq_len=32), tmp_path)
-    text = train_tab.command_preview(cfg, tmp_path)
-    exact = train_tab.jobs_for(tmp_path).command_line(cfg)
+    text = train_tab.command_preview(cfg, Jobs(tmp_path))
+    exact = Jobs(tmp_path).command_line(cfg)
     assert exact in text
     assert "torch.distributed.run" in exact and "--nproc_per_node=2" in exact
     assert str(tmp_path / "ddp-run" / "config.json") in exact
@@ -99,21 +106,23 @@ def test_command_preview_is_the_launch_command(tmp_path):
 
 def test_terminal_line_reproduces_the_same_launch(tmp_path):
     cfg = form_to_config(form(run_name="term", preset="micro", seq_len=32, max_steps=7, lr=3e-4), tmp_path)
-    flags = train_tab.cli_flags(cfg)
-    assert "--preset" in flags and "--max-steps" in flags and "--runs-dir" not in flags
+    terminal = shlex.split(train_tab.command_preview(cfg, Jobs(tmp_path)).splitlines()[-1])
+    assert terminal[:3] == ["python", "-m", "core.jobs"] and "--preset" in terminal and "--max-steps" in terminal
     out = io.StringIO()
     with redirect_stdout(out):
-        assert jobs_cli.main(["--runs-dir", str(tmp_path), "launch", *flags, "--dry-run"]) == 0
-    assert out.getvalue().strip() == train_tab.jobs_for(tmp_path).command_line(cfg)
+        assert jobs_cli.main([*terminal[3:], "--dry-run"]) == 0
+    assert out.getvalue().strip() == Jobs(tmp_path).command_line(cfg)
 
 
-def test_field_updates_mark_only_the_bad_field():
-    infos = {"lr": "Peak", "batch_size": "Per process"}
-    ups = train_tab._field_updates(infos, FieldError("lr", "lr must be > 0"), "micro")
-    by_name = dict(zip(train_tab.FIELDS, ups))
+def test_field_states_mark_only_the_bad_field():
+    by_name = train_tab.field_states("micro", ConfigError("lr must be > 0", field="lr"))
+    assert list(by_name) == train_tab.FIELDS
     assert by_name["preset"]["info"].startswith("1.63M parameters · 2 layers")
     assert by_name["lr"]["elem_classes"] == ["field-error"] and "lr must be > 0" in by_name["lr"]["info"]
-    assert by_name["batch_size"]["elem_classes"] == [] and by_name["batch_size"]["info"] == "Per process"
+    assert by_name["batch_size"]["elem_classes"] == [] and by_name["batch_size"]["info"] == "Sequences per process"
+    # An error about a field the form does not show marks no field (its message goes next to the Launch button).
+    unshown = train_tab.field_states("micro", ConfigError("beta1 must be in [0, 1)", field="beta1"))
+    assert all(u["elem_classes"] == [] for u in unshown.values())
 
 
 # ----- figures from a real metrics file ----------------------------------------------------------------------------
@@ -229,14 +238,15 @@ def test_monitor_reads_only_new_lines(tmp_path):
     for s in range(3):
         w.write("train", step=s, loss=1.0)
     cache = monitor_tab.MonitorCache()
-    records, new = monitor_tab.read_runs(tmp_path, cache, ["r1"])
+    jobs = Jobs(tmp_path)
+    records, new = monitor_tab.read_runs(jobs, cache, ["r1"])
     assert new == 3 and len(records["r1"]) == 3
     w.write("train", step=3, loss=1.0)
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"kind": "train", "st')  # a record being written: left for the next tick
-    records, new = monitor_tab.read_runs(tmp_path, cache, ["r1"])
+    records, new = monitor_tab.read_runs(jobs, cache, ["r1"])
     assert new == 1 and [r["step"] for r in records["r1"]] == [0, 1, 2, 3]
-    _, new = monitor_tab.read_runs(tmp_path, cache, ["r1", "missing-run"])
+    _, new = monitor_tab.read_runs(jobs, cache, ["r1", "missing-run"])
     assert new == 0
 
 
@@ -265,30 +275,165 @@ def test_status_card():
 
 def test_models_tab_list_export_import_delete(tmp_path):
     runs = tmp_path / "runs"
+    jobs = Jobs(runs)
     torch.manual_seed(0)
     model = GPT(model_config("micro"))
     save_checkpoint(runs / "mine", 10, model, {"val_loss": 3.25})
     TrainConfig(run_name="mine", preset="micro").to_json(runs / "mine" / "config.json")
-    rows = models_tab.checkpoint_rows(runs)
+    rows = models_tab.checkpoint_rows(jobs)
     assert rows[0][:6] == ["mine", "done", "micro", "step-000010", 10, "3.2500"] and rows[0][6].endswith(" MB")
 
     ckpt = str(list_checkpoints(runs / "mine")[-1])
-    assert models_tab.checkpoint_choices(runs) == [("mine / step-000010", ckpt)]
-    msg = models_tab.export_checkpoint(runs, ckpt, "")
+    assert models_tab.checkpoint_choices(jobs) == [("mine / step-000010", ckpt)]
+    msg = models_tab.export_checkpoint(jobs, ckpt, "")
     out = runs / "mine" / "hf-step-000010"
     assert msg.startswith("✅") and (out / "model.safetensors").is_file() and (out / "config.json").is_file()
-    assert models_tab.export_checkpoint(runs, str(tmp_path), "").startswith("⚠")  # not a checkpoint of a run
+    assert models_tab.export_checkpoint(jobs, str(tmp_path), "").startswith("⚠")  # not a checkpoint of a run
 
-    msg, path = models_tab.import_model(runs, str(out), "reimported")
+    msg, path = models_tab.import_model(jobs, str(out), "reimported")
     assert msg.startswith("✅") and path == runs / "reimported"
-    assert {r[0] for r in models_tab.checkpoint_rows(runs)} == {"mine", "reimported"}
-    msg, path = models_tab.import_model(runs, "no-such-org/no-such-model", "x")
+    assert {r[0] for r in models_tab.checkpoint_rows(jobs)} == {"mine", "reimported"}
+    msg, path = models_tab.import_model(jobs, "no-such-org/no-such-model", "x")
     assert path is None and "Import failed" in msg and "offline" in msg
-    assert "already exists" in models_tab.import_model(runs, str(out), "reimported")[0]
+    assert "already exists" in models_tab.import_model(jobs, str(out), "reimported")[0]
 
-    assert "Not deleted" in models_tab.delete_run(runs, "../outside")
-    assert models_tab.delete_run(runs, "reimported").startswith("🗑")
+    refused = actions.delete_run(jobs, "../outside")
+    assert not refused.ok and "Not deleted" in refused.message
+    assert actions.delete_run(jobs, "reimported") == actions.Outcome(True, "Deleted **reimported**.")
     assert not (runs / "reimported").exists() and (runs / "mine").exists()
+
+
+# ----- the tab contract: bound callbacks, outputs keyed by component, shared run actions ---------------------------
+
+
+def test_bind_keeps_name_signature_and_event_hints():
+    def pick(tab, ctx, rows: list, evt: gr.SelectData) -> tuple:
+        return tab, ctx, rows, evt
+
+    bound = bind(pick, "T", "C")
+    assert bound.__name__ == "pick"  # Gradio names the API endpoint after it
+    assert list(inspect.signature(bound).parameters) == ["rows", "evt"]
+    assert gradio.utils.get_type_hints(bound)["evt"] is gr.SelectData  # so Gradio passes the event data in
+    assert bound([1], "e") == ("T", "C", [1], "e")
+
+    def stream(prefix, n):
+        yield from (f"{prefix}{i}" for i in range(n))
+
+    streamed = bind(stream, "x")
+    assert inspect.isgeneratorfunction(streamed) and list(streamed(2)) == ["x0", "x1"]
+
+
+def test_actions_say_why_they_did_nothing(tmp_path):
+    jobs = Jobs(tmp_path)
+    for action in (actions.stop_run, actions.resume_run, actions.delete_run):
+        assert not action(jobs, "no-such-run").ok
+    assert actions.stop_run(jobs, None) == actions.Outcome(False, "Pick a run first.")
+    assert actions.resume_run(jobs, "") == actions.Outcome(False, "Pick a run first.")
+    assert "no run named 'ghost'" in actions.resume_run(jobs, "ghost").message
+    save_checkpoint(tmp_path / "idle", 3, GPT(model_config("micro")), {})
+    (tmp_path / "empty").mkdir()
+    assert "no checkpoint" in actions.resume_run(jobs, "empty").message
+    asked = actions.confirm_delete(jobs, "idle")
+    assert asked.ok and "Delete run **idle** with its 1 checkpoint," in asked.message
+    assert actions.confirm_delete(jobs, None) == actions.Outcome(False, "Pick a run to delete.")
+
+
+def built(tmp_path, module):
+    """A tab built for real (inside Blocks) over a runs folder in tmp_path, and its context."""
+    ctx = AppContext.for_runs_dir(tmp_path / "runs")
+    with gr.Blocks():
+        tab = module.build(ctx)
+    return tab, ctx
+
+
+def test_train_callbacks_put_errors_next_to_their_field(tmp_path):
+    tab, ctx = built(tmp_path, train_tab)
+    values = [form(total_batch_tokens=100)[name] for name in train_tab.FIELDS]
+    out = train_tab.preview_form(tab, ctx, *values)
+    assert out[tab["total_batch_tokens"]]["elem_classes"] == ["field-error"]
+    assert out[tab["message"]] == "⚠ Fix the highlighted field before launching." and tab["command"] not in out
+
+    (ctx.runs_dir / "taken").mkdir()  # a taken name is refused by core.jobs, next to the name field
+    values = [form(run_name="taken", preset="micro", seq_len=32)[name] for name in train_tab.FIELDS]
+    out = train_tab.launch_run(tab, ctx, *values)
+    assert out[tab["run_name"]]["elem_classes"] == ["field-error"] and "already exists" in out[tab["run_name"]]["info"]
+    assert out[tab["message"]].startswith("⚠ Not launched: a run named 'taken'") and tab["launched"] not in out
+    assert train_tab.resume_picked_run(tab, ctx, "taken")[tab["run_md"]].startswith("⚠ Could not resume taken")
+    assert train_tab.stop_picked_run(tab, ctx, None) == {tab["run_md"]: "⚠ Pick a run first."}
+    assert train_tab.describe_picked_run(tab, ctx, None) == {tab["run_md"]: "Pick a run to stop or resume it."}
+    pickers = train_tab.refresh_run_pickers(tab, ctx, "gone")
+    assert pickers[tab["run_picker"]]["value"] is None and pickers[tab["init_from"]]["choices"][0][1] == "scratch"
+    assert train_tab.fit_seq_len_to_preset(tab, ctx, "micro", 128) == {tab["seq_len"]: 32}
+    assert train_tab.fit_seq_len_to_preset(tab, ctx, "micro", 16) == gr.skip()
+    shown = train_tab.show_data_fields(tab, ctx, "hf")
+    assert not shown[tab["data_path"]]["visible"] and shown[tab["hf_row"]]["visible"]
+    assert train_tab.show_nproc(tab, ctx, "cpu-ddp")[tab["nproc"]]["visible"]
+
+
+def test_launch_marks_the_run_for_monitor(tmp_path):
+    train, ctx = built(tmp_path, train_tab)
+    with gr.Blocks():
+        monitor = monitor_tab.build(ctx)
+    values = [
+        form(run_name="short", preset="micro", seq_len=32, max_steps=2, eval_interval=0)[n] for n in train_tab.FIELDS
+    ]
+    try:
+        out = train_tab.launch_run(train, ctx, *values)
+        assert out[train["message"]].startswith("✅ Launched **short**")
+        name, when = out[train["launched"]]  # a (run, time) tuple, not a string to split
+        assert name == "short" and isinstance(when, float)
+        shown = monitor_tab.show_launched_run(monitor, ctx, out[train["launched"]])
+        assert shown[monitor["run"]]["value"] == "short" and shown[monitor["timer"]].active
+        wait_for(lambda: not ctx.jobs.status("short").active, 120, "the 2-step run to end")
+    finally:
+        ctx.jobs.stop("short", timeout=5)
+    assert monitor_tab.show_launched_run(monitor, ctx, None) == gr.skip()
+
+
+def test_monitor_redraws_when_the_metrics_file_is_replaced(tmp_path):
+    tab, ctx = built(tmp_path, monitor_tab)
+    run = ctx.runs_dir / "r1"
+    run.mkdir()
+    TrainConfig(run_name="r1").to_json(run / "config.json")
+    write_run(run / "metrics.jsonl", 20)
+    view = ("r1", [], 0.6, "step", False)
+    out = monitor_tab.refresh_monitor(tab, ctx, *view, None)
+    cache = out[tab["cache"]]
+    assert len(out[tab["loss_plot"]].data[0].x) == 20
+    again = monitor_tab.refresh_monitor(tab, ctx, *view, cache)
+    assert tab["loss_plot"] not in again  # nothing new: the plot (and its zoom) stays
+    (run / "metrics.jsonl").unlink()  # deleted and launched again under the same name
+    write_run(run / "metrics.jsonl", 5)
+    replaced = monitor_tab.refresh_monitor(tab, ctx, *view, cache)
+    assert len(replaced[tab["loss_plot"]].data[0].x) == 5 and len(cache.runs["r1"].records) == 1 + 5 + 1
+
+
+def test_models_callbacks_pick_ask_and_delete(tmp_path):
+    tab, ctx = built(tmp_path, models_tab)
+    save_checkpoint(ctx.runs_dir / "old", 7, GPT(model_config("micro")), {})
+    listing = models_tab.refresh_models(tab, ctx)
+    rows = listing[tab["table"]]
+    assert [r[:5] for r in rows] == [["old", "done", "—", "step-000007", 7]]
+    picked = models_tab.pick_row(tab, ctx, rows, gr.SelectData(tab["table"], {"index": [0, 2], "value": "—"}))
+    ckpt = str(ctx.runs_dir / "old" / "ckpt" / "step-000007")
+    assert picked == {tab["run"]: "old", tab["ckpt"]: ckpt}
+
+    asked = models_tab.ask_to_delete(tab, ctx, "old")
+    assert (
+        asked[tab["confirm_box"]]["visible"] and "Delete run **old** with its 1 checkpoint" in asked[tab["confirm_md"]]
+    )
+    out = models_tab.delete_confirmed(tab, ctx, "old", ckpt)
+    assert out[tab["delete_msg"]] == "🗑 Deleted **old**." and not out[tab["confirm_box"]]["visible"]
+    assert out[tab["table"]] == [] and out[tab["ckpt"]]["value"] is None and not (ctx.runs_dir / "old").exists()
+    assert models_tab.ask_to_delete(tab, ctx, "old")[tab["delete_msg"]].startswith("⚠ no run named 'old'")
+
+
+def test_app_opens_each_tab_with_its_on_open_steps(tmp_path):
+    demo = build_ui(tmp_path / "runs")
+    on_load = {fn.name for fn in demo.fns.values() if any(event == "load" for _, event in fn.targets)}
+    assert {"refresh_run_pickers", "refresh_run_choices", "refresh_models"} <= on_load
+    followers = [fn for fn in demo.fns.values() if fn.name == "show_launched_run"]
+    assert len(followers) == 1 and [e for _, e in followers[0].targets] == ["change"]
 
 
 # ----- app.py flags -------------------------------------------------------------------------------------------------

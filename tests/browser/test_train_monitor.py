@@ -39,6 +39,8 @@ def fill_form(page, run_name: str) -> None:
     page.get_by_text("Evaluation, checkpoints, precision, seed").click()
     for field, value in SETTINGS.items():
         page.locator(f"#train-{field} input").fill(value)
+    # The command preview follows each field a round trip later (slow on a busy machine): wait for the last one.
+    page.locator("#command-preview", has_text="--sample-interval 100").wait_for()
 
 
 def launch_and_watch(page) -> int:
@@ -105,6 +107,7 @@ def test_cpu_ddp_job(app_server, page, tmp_path, screenshot_dir):
     fill_form(page, "ui-ddp")
     page.get_by_label("CPU · DDP (gloo)").check()
     page.locator("#train-nproc").wait_for()
+    page.locator("#command-preview", has_text="torch.distributed.run").wait_for()
     command = page.locator("#command-preview").inner_text()
     assert "torch.distributed.run" in command and "--nproc_per_node=2" in command
     launch_and_watch(page)

@@ -1,0 +1,71 @@
+"""Stop, Resume and Delete a run: the one implementation behind the buttons of Train, Monitor and Models.
+
+Each action returns an Outcome (did it work, and one line saying what happened or what to do instead);
+the tab decides how to show it (a Markdown line, a toast). Nothing here raises: a bad name, an active
+run or a run that is gone is an Outcome with ok=False.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.checkpoint import list_checkpoints
+from core.jobs import Jobs
+from playground.runs_view import folder_size, megabytes
+
+PICK_A_RUN = "Pick a run first."
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    message: str
+
+
+def stop_run(jobs: Jobs, name: str | None) -> Outcome:
+    """Ask the run to stop; returns at once (the trainer saves a checkpoint and exits on its own)."""
+    if not name:
+        return Outcome(False, PICK_A_RUN)
+    try:
+        jobs.stop(name, wait=False)
+    except Exception as e:  # JobError (unknown run, survivors), ConfigError (unsafe name): a message, never a trace
+        return Outcome(False, f"Could not stop {name}: {e}")
+    return Outcome(True, f"Stopping {name}: it saves a checkpoint and exits.")
+
+
+def resume_run(jobs: Jobs, name: str | None) -> Outcome:
+    """Relaunch a stopped or failed run from its latest checkpoint."""
+    if not name:
+        return Outcome(False, PICK_A_RUN)
+    try:
+        jobs.resume(name)
+    except Exception as e:  # still active, finished, no checkpoint, device busy: say which
+        return Outcome(False, f"Could not resume {name}: {e}")
+    return Outcome(True, f"Resumed {name} from its latest checkpoint.")
+
+
+def confirm_delete(jobs: Jobs, name: str | None) -> Outcome:
+    """The question to ask before deleting (ok=True), or why the run cannot be deleted now (ok=False)."""
+    if not name:
+        return Outcome(False, "Pick a run to delete.")
+    try:
+        st = jobs.status(name)
+        if st.active:
+            return Outcome(False, f"**{name}** is {st.state}; stop it first (Monitor tab).")
+        path = jobs.run_dir(name)
+    except Exception as e:
+        return Outcome(False, str(e))
+    n = len(list_checkpoints(path))
+    return Outcome(
+        True,
+        f"Delete run **{name}** with its {n} checkpoint{'s' if n != 1 else ''}, logs and metrics "
+        f"({megabytes(folder_size(path))})? This cannot be undone.",
+    )
+
+
+def delete_run(jobs: Jobs, name: str | None) -> Outcome:
+    try:
+        jobs.delete_run(name or "")
+    except Exception as e:  # active run, unknown name, unsafe name: say so
+        return Outcome(False, f"Not deleted: {e}")
+    return Outcome(True, f"Deleted **{name}**.")
