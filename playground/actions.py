@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.checkpoint import list_checkpoints
-from core.jobs import Jobs
+from core.checkpoint import CheckpointError, list_checkpoints
+from core.config import ConfigError
+from core.jobs import JobError, Jobs
 from playground.runs_view import folder_size, megabytes
 
 PICK_A_RUN = "Pick a run first."
+# What an action can run into; each carries a message written for the user.
+EXPECTED = (JobError, ConfigError, CheckpointError, OSError)
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ def stop_run(jobs: Jobs, name: str | None) -> Outcome:
         return Outcome(False, PICK_A_RUN)
     try:
         jobs.stop(name, wait=False)
-    except Exception as e:  # JobError (unknown run, survivors), ConfigError (unsafe name): a message, never a trace
+    except EXPECTED as e:  # unknown run, survivors, unsafe name: a message, never a trace
         return Outcome(False, f"Could not stop {name}: {e}")
     return Outcome(True, f"Stopping {name}: it saves a checkpoint and exits.")
 
@@ -39,7 +42,7 @@ def resume_run(jobs: Jobs, name: str | None) -> Outcome:
         return Outcome(False, PICK_A_RUN)
     try:
         jobs.resume(name)
-    except Exception as e:  # still active, finished, no checkpoint, device busy: say which
+    except EXPECTED as e:  # still active, finished, no checkpoint, device busy: say which
         return Outcome(False, f"Could not resume {name}: {e}")
     return Outcome(True, f"Resumed {name} from its latest checkpoint.")
 
@@ -53,7 +56,7 @@ def confirm_delete(jobs: Jobs, name: str | None) -> Outcome:
         if st.active:
             return Outcome(False, f"**{name}** is {st.state}; stop it first (Monitor tab).")
         path = jobs.run_dir(name)
-    except Exception as e:
+    except EXPECTED as e:
         return Outcome(False, str(e))
     n = len(list_checkpoints(path))
     return Outcome(
@@ -66,6 +69,6 @@ def confirm_delete(jobs: Jobs, name: str | None) -> Outcome:
 def delete_run(jobs: Jobs, name: str | None) -> Outcome:
     try:
         jobs.delete_run(name or "")
-    except Exception as e:  # active run, unknown name, unsafe name: say so
+    except EXPECTED as e:  # active run, unknown name, unsafe name: say so
         return Outcome(False, f"Not deleted: {e}")
     return Outcome(True, f"Deleted **{name}**.")

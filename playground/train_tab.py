@@ -17,7 +17,7 @@ from core.cli import config_to_flags
 from core.config import PRESETS, ConfigError, ModelConfig, TrainConfig, model_config
 from core.data import DataError, source_files
 from core.distributed import gpu_count
-from core.jobs import JobError, Jobs
+from core.jobs import Jobs, NameTaken
 from core.runs import validate_run_name
 from playground import actions
 from playground.runs_view import duration, human, list_runs, run_choices
@@ -275,8 +275,7 @@ def error_field(e: Exception) -> str | None:
     """The form field an error belongs next to; None: next to the Launch button (busy device, disk full)."""
     if isinstance(e, ConfigError):
         return e.field
-    # A taken name belongs next to the name field. Once core.jobs has JobError subclasses: isinstance(e, NameTaken).
-    if isinstance(e, JobError) and "a run named" in str(e):
+    if isinstance(e, NameTaken):
         return "run_name"
     return None
 
