@@ -23,6 +23,7 @@ from core.jobs import (
     NothingToResume,
     RunActive,
     RunNotFound,
+    manager,
 )
 from tests.helpers import ROOT, records, run_cmd, wait_for
 
@@ -259,6 +260,86 @@ def test_cli_reports_errors_without_tracebacks(jobs):
     for bad in (("--run-name", "../x"), ("--run-name", "ok", "--batch-size", "0")):  # refused before printing
         out = cli(jobs.runs_dir, "launch", "--preset", "micro", *bad, "--dry-run")
         assert out.returncode == 1 and out.stdout == "" and out.stderr.startswith("error: "), out
+
+
+# ----- a fake trainer: a tiny script in the trainer's place, launched as a real job ------------------------
+
+# argv: run folder, mode, seconds the save takes. Modes: "saver" saves a checkpoint on SIGTERM (marking it with
+# core.runlock.saving, the way the trainer does) and exits; "deaf" ignores SIGTERM and never saves.
+FAKE_TRAINER = """
+import json, signal, sys, time
+from pathlib import Path
+from core.runlock import saving
+run, mode, save_s = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+stop = []
+signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "deaf" else lambda *_: stop.append(1))
+(run / "fake.started").write_text("")
+while not stop:
+    time.sleep(0.05)
+with saving(run, 7):
+    time.sleep(save_s)
+    (run / "fake.saved").write_text("")
+with open(run / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"kind": "status", "state": "stopped", "step": 7, "time": time.time()}) + "\\n")
+"""
+
+
+def use_fake_trainer(jobs: Jobs, monkeypatch, mode: str = "saver", save_s: float = 0) -> None:
+    """Make jobs launch FAKE_TRAINER instead of core.train (everything else is the real launch)."""
+
+    def command_for(config: TrainConfig, resume: bool = False) -> list[str]:
+        return [sys.executable, "-c", FAKE_TRAINER, str(jobs.runs_dir / config.run_name), mode, str(save_s)]
+
+    monkeypatch.setattr(jobs, "command_for", command_for)
+
+
+def launch_fake(jobs: Jobs, name: str) -> dict:
+    jobs.launch(micro(name))
+    wait_for(lambda: (jobs.run_dir(name) / "fake.started").exists(), 30, "the fake trainer to start")
+    return job_record(jobs, name)
+
+
+def test_stop_waits_for_a_checkpoint_being_saved(jobs, monkeypatch):
+    """The save outlasts the stop timeout: stop keeps waiting instead of SIGKILLing it half-written."""
+    use_fake_trainer(jobs, monkeypatch, "saver", save_s=4)
+    rec = launch_fake(jobs, "saver")
+    t0 = time.monotonic()
+    st = jobs.stop("saver", timeout=1)
+    assert time.monotonic() - t0 >= 3.5
+    assert (jobs.run_dir("saver") / "fake.saved").exists(), "the save was cut short"
+    assert (st.state, st.exit_code, st.message) == ("stopped", 0, ""), st
+    assert "killed" not in job_record(jobs, "saver")
+    assert_all_gone(rec["job_id"], rec["pid"])
+
+
+def test_stop_kills_a_job_that_is_not_saving_after_the_timeout(jobs, monkeypatch, tmp_path):
+    """A trainer deaf to SIGTERM is killed after --timeout (honoured by the CLI); a marker left by a dead saver
+    does not extend the wait, and is cleaned."""
+    use_fake_trainer(jobs, monkeypatch, "deaf")
+    rec = launch_fake(jobs, "deaf")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    marker = {"pid": gone.pid, "start_time": time.time() - 5, "step": 3, "since": time.time() - 5}
+    (jobs.run_dir("deaf") / ".saving").write_text(json.dumps(marker))
+    t0 = time.monotonic()
+    out = cli(jobs.runs_dir, "stop", "deaf", "--timeout", "1")
+    assert time.monotonic() - t0 < 20, "the timeout was not honoured"
+    assert out.returncode == 0 and "deaf: stopped" in out.stdout and "killed" in out.stdout, out.stdout + out.stderr
+    assert job_record(jobs, "deaf")["killed"] is True
+    assert not (jobs.run_dir("deaf") / ".saving").exists()
+    assert_all_gone(rec["job_id"], rec["pid"])
+
+
+def test_a_save_that_never_ends_is_killed_at_the_cap(jobs, monkeypatch):
+    monkeypatch.setattr(manager, "SAVE_WAIT_CAP_S", 2)
+    use_fake_trainer(jobs, monkeypatch, "saver", save_s=120)
+    rec = launch_fake(jobs, "hung")
+    t0 = time.monotonic()
+    st = jobs.stop("hung", timeout=1)
+    assert 2.5 <= time.monotonic() - t0 < 20
+    assert st.state == "stopped" and "was killed" in st.message, st
+    assert not (jobs.run_dir("hung") / "fake.saved").exists()
+    assert_all_gone(rec["job_id"], rec["pid"])
 
 
 # ----- real trainer processes ---------------------------------------------------------------------------

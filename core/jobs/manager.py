@@ -42,6 +42,7 @@ from core.jobs.records import (
 )
 from core.jobs.state import Decision, decide_state, needs_processes
 from core.metrics import MetricsReader
+from core.runlock import current_save
 from core.runs import (
     default_run_name,
     list_checkpoints,
@@ -54,6 +55,9 @@ from core.runs import (
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 RUN_FILES = ("status.json", "config.json", "metrics.jsonl", "ckpt")  # a folder holding one of these is a run
 NO_LOG = "the trainer exited without a message and an empty train.log"
+STOP_TIMEOUT_S = 30.0  # stop: seconds from SIGTERM to SIGKILL (the UI's and the CLI's default)
+SAVE_WAIT_CAP_S = 600.0  # past the timeout, stop waits this long at most for a checkpoint being saved
+AFTER_SAVE_S = 15.0  # once that save is done, the trainer records its final status and exits
 
 
 def resolve_device(device: str) -> str:
@@ -102,6 +106,23 @@ def _decide(
         checkpoint=checkpoint,
         metrics_mtime=metrics_mtime,
     )
+
+
+def _wait_ended(run_dir: Path, record: dict[str, Any], timeout: float) -> bool:
+    """Wait until the job has ended: `timeout` seconds, longer while its trainer is saving a checkpoint.
+
+    False when processes of the job still run after that (the caller kills them).
+    """
+    if processes.wait_gone(record, timeout):
+        return True
+    cap, saved = time.monotonic() + SAVE_WAIT_CAP_S, False
+    while current_save(run_dir) is not None:  # a marker of a dead saver is ignored (and removed)
+        saved = True
+        if time.monotonic() >= cap:
+            return False
+        if processes.wait_gone(record, min(1.0, cap - time.monotonic())):
+            return True
+    return saved and processes.wait_gone(record, AFTER_SAVE_S)
 
 
 def _settle(run_dir: Path, record: dict[str, Any], st: JobStatus) -> None:
@@ -259,12 +280,14 @@ class Jobs:
             st.eta_s = None
         return st
 
-    def stop(self, name: str, timeout: float = 30, wait: bool = True) -> JobStatus:
+    def stop(self, name: str, timeout: float = STOP_TIMEOUT_S, wait: bool = True) -> JobStatus:
         """Ask a job to stop (SIGTERM: the trainer finishes its step, saves a checkpoint and exits).
 
         After `timeout` seconds the whole job (process group and every process carrying the job id, so
-        also torchrun's workers) gets SIGKILL. wait=False returns at once with state "stopping" and
-        finishes in a background thread (for the UI). Stopping a job that has already ended is a no-op.
+        also torchrun's workers) gets SIGKILL, unless its trainer is saving a checkpoint right then: that
+        save is waited for (up to SAVE_WAIT_CAP_S more), never cut in half. wait=False returns at once with
+        state "stopping" and finishes in a background thread (for the UI). Stopping a job that has already
+        ended is a no-op.
         """
         run_dir = self._existing(name)
         st = self.status(name)
@@ -283,7 +306,7 @@ class Jobs:
 
     def _finish_stop(self, name: str, record: dict[str, Any], timeout: float) -> JobStatus:
         run_dir = self.run_dir(name)
-        if not processes.wait_gone(record, timeout):
+        if not _wait_ended(run_dir, record, timeout):
             record = read_status(run_dir) or record
             record["killed"] = True
             write_status(run_dir, record)
