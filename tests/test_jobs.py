@@ -1,6 +1,7 @@
 """Background jobs with real trainer processes (micro preset, CPU, gloo): launch, watch, stop, kill, resume,
 reattach from another process, stale pids, unsafe names, and the CLI."""
 
+import errno
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from core.jobs import (
     RunNotFound,
     manager,
 )
+from core.jobs.state import START_GRACE_S
 from tests.helpers import ROOT, records, run_cmd, wait_for
 
 HAVE_TRAINER = (ROOT / "core" / "train.py").is_file()
@@ -340,6 +342,41 @@ def test_a_save_that_never_ends_is_killed_at_the_cap(jobs, monkeypatch):
     assert st.state == "stopped" and "was killed" in st.message, st
     assert not (jobs.run_dir("hung") / "fake.saved").exists()
     assert_all_gone(rec["job_id"], rec["pid"])
+
+
+def test_a_trainer_whose_pid_was_never_recorded_is_found_and_adopted(jobs, monkeypatch):
+    """Recording the pid after the start fails (disk full; the same as a launcher that died right there): past
+    the start grace the job is found by its job id and adopted, not declared failed with its trainer running."""
+    use_fake_trainer(jobs, monkeypatch, "saver")
+    real_write = manager.write_status
+
+    def disk_full_for_the_pid(run_dir: Path, record: dict) -> None:
+        if record.get("pid") is not None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(run_dir, record)
+
+    monkeypatch.setattr(manager, "write_status", disk_full_for_the_pid)
+    with pytest.raises(OSError, match="No space left"):
+        jobs.launch(micro("lost"))
+    monkeypatch.setattr(manager, "write_status", real_write)
+    wait_for(lambda: (jobs.run_dir("lost") / "fake.started").exists(), 30, "the fake trainer to start")
+    rec = job_record(jobs, "lost")
+    assert rec["pid"] is None
+    [pid] = procs_with_job_id(rec["job_id"])
+
+    later = Jobs(jobs.runs_dir, clock=lambda: time.time() + START_GRACE_S + 5)
+    st = later.status("lost")
+    assert (st.state, st.pid) == ("running", pid), st
+    rec = job_record(jobs, "lost")
+    assert (rec["state"], rec["pid"], rec["pgid"]) == ("running", pid, pid)
+    assert rec["start_time"] == pytest.approx(psutil.Process(pid).create_time(), abs=0.05)
+    with pytest.raises(DeviceBusy, match="'lost'"):
+        later.launch(micro("second"))  # the device is busy: no second job on top of it
+    with pytest.raises(RunActive):
+        later.resume("lost")
+    st = later.stop("lost", timeout=10)
+    assert st.state == "stopped" and (jobs.run_dir("lost") / "fake.saved").exists(), st
+    assert_all_gone(rec["job_id"], pid)
 
 
 # ----- real trainer processes ---------------------------------------------------------------------------

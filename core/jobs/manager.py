@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -13,9 +14,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from core.config import ConfigError, TrainConfig
 from core.jobs import processes
@@ -81,14 +84,14 @@ def _locked(runs_dir: Path) -> Iterator[None]:
 
 
 def _decide(
-    run_dir: Path, record: dict[str, Any] | None, last: dict[str, Any] | None, checkpoint: str | None
+    run_dir: Path, record: dict[str, Any] | None, last: dict[str, Any] | None, checkpoint: str | None, now: float
 ) -> Decision:
     """Gather what decide_state needs, looking at processes only when the answer depends on them."""
-    alive, orphans, exit_code = False, 0, (record or {}).get("exit_code")
-    if record is not None and needs_processes(record, last):
+    alive, found, exit_code = False, [], (record or {}).get("exit_code")
+    if record is not None and needs_processes(record, last, now=now):
         alive = processes.is_alive(record.get("pid"), record.get("start_time"))
-        orphans = 0 if alive else len(processes.job_processes(record.get("job_id")))
-        if not alive and not orphans:  # all gone: if it was our child, reap it for its exit code
+        found = [] if alive else processes.job_processes(record.get("job_id"))
+        if not alive and not found:  # all gone: if it was our child, reap it for its exit code
             reaped = processes.reap(record.get("pid"))
             if reaped is not None:
                 exit_code = record["exit_code"] = reaped
@@ -96,16 +99,39 @@ def _decide(
         metrics_mtime: float | None = (run_dir / "metrics.jsonl").stat().st_mtime
     except OSError:
         metrics_mtime = None
-    return decide_state(
+    decision = decide_state(
         record,
         last,
-        now=time.time(),
+        now=now,
         alive=alive,
-        orphans=orphans,
+        orphans=len(found),
         exit_code=exit_code,
         checkpoint=checkpoint,
         metrics_mtime=metrics_mtime,
     )
+    if decision.adopt and record is not None:
+        _adopt(run_dir, record, found)
+    return decision
+
+
+def _adopt(run_dir: Path, record: dict[str, Any], found: list[psutil.Process]) -> None:
+    """Record the process a launcher started but could not record: the root of the job's process tree."""
+    pids = {p.pid for p in found}
+    roots = []
+    for p in found:
+        with contextlib.suppress(psutil.Error):
+            if p.ppid() not in pids:
+                roots.append((p.create_time(), p.pid))
+    if not roots:
+        return
+    start_time, pid = min(roots)  # the oldest root: the trainer, or torchrun's agent
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    record.update(pid=pid, pgid=pgid, start_time=start_time, adopted=True)
+    with contextlib.suppress(OSError):  # a full disk: the answer is right, the next call adopts again
+        write_status(run_dir, record)
 
 
 def _wait_ended(run_dir: Path, record: dict[str, Any], timeout: float) -> bool:
@@ -125,9 +151,9 @@ def _wait_ended(run_dir: Path, record: dict[str, Any], timeout: float) -> bool:
     return saved and processes.wait_gone(record, AFTER_SAVE_S)
 
 
-def _settle(run_dir: Path, record: dict[str, Any], st: JobStatus) -> None:
+def _settle(run_dir: Path, record: dict[str, Any], st: JobStatus, now: float) -> None:
     """Record a final state in status.json so later calls need no process lookups."""
-    st.ended_at = st.ended_at or time.time()
+    st.ended_at = st.ended_at or now
     st.log_tail = tail(run_dir / "train.log", FAIL_TAIL_LINES) if st.state == "failed" else ""
     record.update(state=st.state, message=st.message, ended_at=st.ended_at, log_tail=st.log_tail)
     with contextlib.suppress(OSError):  # a read-only runs folder still gets a correct answer
@@ -137,8 +163,9 @@ def _settle(run_dir: Path, record: dict[str, Any], st: JobStatus) -> None:
 class Jobs:
     """The training jobs of one runs folder. Any number of instances, in any process, see the same jobs."""
 
-    def __init__(self, runs_dir: str | Path = "checkpoints") -> None:
+    def __init__(self, runs_dir: str | Path = "checkpoints", clock: Callable[[], float] = time.time) -> None:
         self.runs_dir = Path(runs_dir).expanduser().resolve()
+        self.clock = clock  # unix seconds; tests move it to see how a job looks later
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._summaries: dict[str, MetricsSummary] = {}
         self._readers: dict[str, MetricsReader] = {}
@@ -227,7 +254,7 @@ class Jobs:
     def _start(self, config: TrainConfig, run_dir: Path, device: str, resume: bool) -> JobStatus:
         argv = self.command_for(config, resume=resume)
         resumes = (read_status(run_dir) or {}).get("resumes", -1) + 1 if resume else 0
-        record = new_record(uuid.uuid4().hex, device, config.nproc, argv, resumes, time.time())
+        record = new_record(uuid.uuid4().hex, device, config.nproc, argv, resumes, self.clock())
         # status.json exists before the process does, so a concurrent list never sees a job-less run folder.
         write_status(run_dir, record)
         write_text_atomic(run_dir / "command.txt", shlex.join(argv) + "\n")
@@ -238,7 +265,7 @@ class Jobs:
             try:
                 pid, start_time = processes.spawn(argv, REPO_ROOT, record["job_id"], log)
             except OSError as e:
-                record.update(state="failed", message=f"could not start the trainer: {e}", ended_at=time.time())
+                record.update(state="failed", message=f"could not start the trainer: {e}", ended_at=self.clock())
                 write_status(run_dir, record)
                 raise StartFailed(f"could not start the trainer for {config.run_name!r}: {e}") from e
         record.update(pid=pid, pgid=pid, start_time=start_time)
@@ -263,7 +290,8 @@ class Jobs:
         if (run_dir / "command.txt").is_file():
             st.command = (run_dir / "command.txt").read_text(errors="replace").strip()
         summary.fill(st)
-        decision = _decide(run_dir, record, summary.status, st.checkpoint)
+        now = self.clock()
+        decision = _decide(run_dir, record, summary.status, st.checkpoint, now)
         st.state, st.message, st.source = decision.state, decision.message, decision.source
         if record is not None and decision.source == "job":
             st.pid, st.device, st.nproc = record.get("pid"), record.get("device"), record.get("nproc")
@@ -272,7 +300,7 @@ class Jobs:
         else:
             st.device, st.nproc = config.get("device"), config.get("nproc")
         if decision.settle and record is not None:
-            _settle(run_dir, record, st)
+            _settle(run_dir, record, st, now)
         if st.state == "failed":
             st.log_tail = st.log_tail or tail(run_dir / "train.log", FAIL_TAIL_LINES)
             st.message = st.message or st.log_tail or NO_LOG
@@ -296,7 +324,7 @@ class Jobs:
         record = read_status(run_dir)
         if st.source != "job" or record is None:
             raise NotAJob(name)
-        record.update(state="stopping", stop_requested_at=time.time())
+        record.update(state="stopping", stop_requested_at=self.clock())
         write_status(run_dir, record)
         processes.signal_job(record, signal.SIGTERM)
         if not wait:
