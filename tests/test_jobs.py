@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -377,6 +378,82 @@ def test_a_trainer_whose_pid_was_never_recorded_is_found_and_adopted(jobs, monke
     st = later.stop("lost", timeout=10)
     assert st.state == "stopped" and (jobs.run_dir("lost") / "fake.saved").exists(), st
     assert_all_gone(rec["job_id"], pid)
+
+
+# Holds a lock the way its owner would: argv[1] "jobs" (Jobs' launch lock, as a launch or resume in progress
+# does) or "run" (the per-run lock, as a trainer started by hand does), on the path argv[2]; until stdin closes.
+LOCK_HOLDER = """
+import fcntl, sys
+from core.runlock import hold_run_lock
+if sys.argv[1] == "jobs":
+    f = open(sys.argv[2], "a")
+    fcntl.flock(f, fcntl.LOCK_EX)
+else:
+    lock = hold_run_lock(sys.argv[2])
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def hold(kind: str, path: Path) -> subprocess.Popen:
+    p = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, kind, str(path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout.readline() == "held\n"
+    return p
+
+
+def a_stopped_run(jobs: Jobs, name: str) -> Path:
+    """A run that was trained by hand and stopped: config, a checkpoint, a final status."""
+    run = jobs.runs_dir / name
+    (run / "ckpt" / "step-000005").mkdir(parents=True)
+    (run / "ckpt" / "step-000005" / "state.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps(micro(name).to_dict()))
+    status = {"kind": "status", "state": "stopped", "step": 5, "time": time.time() - 60}
+    (run / "metrics.jsonl").write_text(json.dumps(status) + "\n")
+    return run
+
+
+def test_delete_waits_for_a_launch_in_progress(jobs):
+    """Delete takes the lock launch and resume take, so it cannot slip in between a resume's check and its start."""
+    run = a_stopped_run(jobs, "old")
+    holder = hold("jobs", jobs.runs_dir / ".jobs.lock")
+    try:
+        deleter = threading.Thread(target=jobs.delete_run, args=("old",))
+        deleter.start()
+        time.sleep(1)
+        assert deleter.is_alive() and run.is_dir(), "delete did not wait for the launch lock"
+    finally:
+        holder.communicate("")
+    deleter.join(30)
+    assert not deleter.is_alive() and not run.exists()
+
+
+def test_resume_and_delete_refuse_a_run_a_trainer_is_writing(jobs, monkeypatch):
+    """`python -m core.train --resume RUN` typed in a terminal holds the run lock (here still preparing data, so
+    its metrics say nothing new): no second writer from a resume, no delete under its feet."""
+    use_fake_trainer(jobs, monkeypatch)
+    run = a_stopped_run(jobs, "typed")
+    holder = hold("run", run)
+    try:
+        assert jobs.status("typed").state == "stopped"  # all the metrics know
+        with pytest.raises(RunActive, match=rf"'typed' is still running \(written by pid {holder.pid}\)"):
+            jobs.resume("typed")
+        assert not (run / "status.json").exists(), "a second writer was started"
+        with pytest.raises(RunActive, match=f"pid {holder.pid}"):
+            jobs.delete_run("typed")
+        assert (run / "ckpt" / "step-000005" / "state.json").is_file()
+        out = cli(jobs.runs_dir, "delete", "typed")
+        assert out.returncode == 1 and f"pid {holder.pid}" in out.stderr and run.is_dir()
+    finally:
+        holder.kill()  # the lock goes with the process
+        holder.wait()
+    jobs.delete_run("typed")
+    assert not run.exists()
 
 
 # ----- real trainer processes ---------------------------------------------------------------------------

@@ -11,6 +11,9 @@ Stop: SIGTERM to the whole job; the trainer finishes its step, saves a checkpoin
 timeout (STOP_TIMEOUT_S unless given) it gets SIGKILL, except while it is saving a checkpoint (the trainer's
 .saving marker, core/runlock.py): a save in progress is waited for, up to SAVE_WAIT_CAP_S more.
 
+One writer per run: delete takes the lock launch and resume take, and resume and delete are refused while
+the run's job is active or a trainer (one started by hand too) holds the run lock (core/runlock.py).
+
 Resource policy: one job per device at a time. A second launch on a busy GPU is refused, naming the
 running job; a second CPU job is refused unless allow_concurrent=True (both then share the cores).
 

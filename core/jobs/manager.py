@@ -45,7 +45,7 @@ from core.jobs.records import (
 )
 from core.jobs.state import Decision, decide_state, needs_processes
 from core.metrics import MetricsReader
-from core.runlock import current_save
+from core.runlock import current_save, run_lock_holder
 from core.runs import (
     default_run_name,
     list_checkpoints,
@@ -224,9 +224,7 @@ class Jobs:
         """Relaunch a stopped or failed run from its latest checkpoint (the trainer's --resume)."""
         run_dir = self._existing(name)
         with _locked(self.runs_dir):
-            st = self.status(name)
-            if st.active:
-                raise RunActive(name, st.state, "resuming")
+            st = self._check_not_written(name, run_dir, "resuming")
             if st.state == "done":
                 raise NothingToResume(
                     name,
@@ -245,6 +243,17 @@ class Jobs:
             device = resolve_device(config.device)
             self._check_device_free(device, allow_concurrent)
             return self._start(config, run_dir, device, resume=True)
+
+    def _check_not_written(self, name: str, run_dir: Path, action: str) -> JobStatus:
+        """The run's status, if no process writes it: neither an active job nor a trainer holding the run lock
+        (one started by hand, or any trainer whose job record says otherwise)."""
+        st = self.status(name)
+        if st.active:
+            raise RunActive(name, st.state, action, st.pid)
+        holder = run_lock_holder(run_dir)
+        if holder is not None:
+            raise RunActive(name, "running", action, holder)
+        return st
 
     def _check_device_free(self, device: str, allow_concurrent: bool) -> None:
         for st in self.list_runs():
@@ -367,13 +376,12 @@ class Jobs:
     def delete_run(self, name: str) -> None:
         """Delete a run folder. Only names inside the runs folder; never a run that is still active."""
         path = self.run_dir(name)  # refuses '..', separators, absolute paths, symlinks leading outside
-        if path.is_symlink():
-            path.unlink()  # remove the link only, never what it points to
-            return
-        st = self.status(name)  # RunNotFound when there is no such folder
-        if st.active:
-            raise RunActive(name, st.state, "deleting it")
-        shutil.rmtree(path)
+        with _locked(self.runs_dir):  # a launch or resume of this name cannot interleave
+            if path.is_symlink():
+                path.unlink()  # remove the link only, never what it points to
+                return
+            self._check_not_written(name, path, "deleting it")  # RunNotFound when there is no such folder
+            shutil.rmtree(path)
         with self._lock:
             self._summaries.pop(name, None)
             self._readers.pop(name, None)
