@@ -469,6 +469,20 @@ print(json.dumps({"runs": [[s.name, s.state, s.pid, s.step] for s in runs],
 """
 
 
+def assert_seen_from_another_process(jobs: Jobs, name: str, pid: int, n_train: int) -> None:
+    """Another process (the UI after a restart, a terminal) sees the running job and its metrics."""
+    out = subprocess.run(
+        [sys.executable, "-c", REATTACH, str(jobs.runs_dir)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["runs"][0][:3] == [name, "running", pid] and len(seen["train"]) >= n_train
+    out = cli(jobs.runs_dir, "status", name)
+    assert out.returncode == 0 and f"{name}: running (pid {pid})" in out.stdout
+    out = cli(jobs.runs_dir, "logs", name, "-n", "3")
+    assert out.returncode == 0 and "loss" in out.stdout
+
+
 def steps_after(jobs: Jobs, name: str, since: float) -> list[int]:
     return [r["step"] for r in records(jobs.run_dir(name), "train") if r["time"] >= since]
 
@@ -515,17 +529,7 @@ def test_single_process_job_lifecycle(jobs):
     with pytest.raises(RunActive, match="stop it before resuming"):
         jobs.resume(name)
 
-    # another process (the UI after a restart) sees the running job and its metrics
-    out = subprocess.run(
-        [sys.executable, "-c", REATTACH, str(jobs.runs_dir)], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout)
-    assert seen["runs"][0][:3] == [name, "running", st.pid] and len(seen["train"]) >= len(first + more)
-    out = cli(jobs.runs_dir, "status", name)
-    assert out.returncode == 0 and f"{name}: running (pid {st.pid})" in out.stdout
-    out = cli(jobs.runs_dir, "logs", name, "-n", "3")
-    assert out.returncode == 0 and "loss" in out.stdout
+    assert_seen_from_another_process(jobs, name, st.pid, len(first + more))
 
     # stop: SIGTERM -> the trainer saves a checkpoint, status stopped, nothing left of the job
     t0 = time.monotonic()
