@@ -30,6 +30,8 @@ ROWS = [
      ("running", "starting", "job", False)),
     ("launcher died before recording the pid", job(pid=None, launched_at=NOW - START_GRACE_S - 5), None, {},
      ("failed", "the launcher exited before the trainer was started", "job", True)),
+    ("launcher died after starting the trainer, found by job id", job(pid=None, launched_at=NOW - START_GRACE_S - 5),
+     None, {"orphans": 1}, ("running", "the launcher did not record the trainer's pid; found 1 process", "job", False)),
     ("running and alive", job(), said("running"), {"alive": True}, ("running", "", "job", False)),
     ("stopping and alive", job("stopping", stop_requested_at=NOW - 2), said("running"), {"alive": True},
      ("stopping", "", "job", False)),
@@ -87,13 +89,24 @@ def test_decide_state(record, last, seen, expected):
     assert fragment in d.message if fragment else d.message == ""
 
 
+def test_an_untracked_trainer_is_adopted():
+    """Only a trainer found past the grace: within it the launcher may still record the pid itself."""
+    late = decide_state(job(pid=None, launched_at=NOW - START_GRACE_S - 5), None, now=NOW, orphans=2)
+    assert (late.state, late.adopt) == ("running", True)
+    early = decide_state(job(pid=None, launched_at=NOW - 5), None, now=NOW, orphans=1)
+    assert (early.state, early.message, early.adopt) == ("running", "starting", False)
+    for row in ROWS:
+        assert decide_state(row[1], row[2], now=NOW, **row[3]).adopt == ("found 1 process" in row[4][1]), row[0]
+
+
 def test_processes_are_looked_at_only_when_they_decide():
-    assert needs_processes(job(), None)
-    assert needs_processes(job("stopping"), said("running"))
-    assert not needs_processes(job(pid=None), None)  # not started yet: the clock decides
-    assert not needs_processes(job("done", ended_at=NOW - 5), None)  # settled
-    assert not needs_processes(None, said("running"))  # by hand: no pid
-    assert not needs_processes(job("running", ended_at=NOW - 100), said("running", at=NOW))  # by hand after the job
+    assert needs_processes(job(), None, now=NOW)
+    assert needs_processes(job("stopping"), said("running"), now=NOW)
+    assert not needs_processes(job(pid=None, launched_at=NOW - 5), None, now=NOW)  # the launcher is starting it
+    assert needs_processes(job(pid=None, launched_at=NOW - START_GRACE_S - 5), None, now=NOW)  # its trainer may run
+    assert not needs_processes(job("done", ended_at=NOW - 5), None, now=NOW)  # settled
+    assert not needs_processes(None, said("running"), now=NOW)  # by hand: no pid
+    assert not needs_processes(job("running", ended_at=NOW - 100), said("running", at=NOW), now=NOW)  # by hand later
 
 
 def test_state_module_stays_pure():

@@ -1,11 +1,13 @@
 """Background jobs with real trainer processes (micro preset, CPU, gloo): launch, watch, stop, kill, resume,
 reattach from another process, stale pids, unsafe names, and the CLI."""
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +25,9 @@ from core.jobs import (
     NothingToResume,
     RunActive,
     RunNotFound,
+    manager,
 )
+from core.jobs.state import START_GRACE_S
 from tests.helpers import ROOT, records, run_cmd, wait_for
 
 HAVE_TRAINER = (ROOT / "core" / "train.py").is_file()
@@ -261,6 +265,197 @@ def test_cli_reports_errors_without_tracebacks(jobs):
         assert out.returncode == 1 and out.stdout == "" and out.stderr.startswith("error: "), out
 
 
+# ----- a fake trainer: a tiny script in the trainer's place, launched as a real job ------------------------
+
+# argv: run folder, mode, seconds the save takes. Modes: "saver" saves a checkpoint on SIGTERM (marking it with
+# core.runlock.saving, the way the trainer does) and exits; "deaf" ignores SIGTERM and never saves.
+FAKE_TRAINER = """
+import json, signal, sys, time
+from pathlib import Path
+from core.runlock import saving
+run, mode, save_s = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+stop = []
+signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "deaf" else lambda *_: stop.append(1))
+(run / "fake.started").write_text("")
+while not stop:
+    time.sleep(0.05)
+with saving(run, 7):
+    time.sleep(save_s)
+    (run / "fake.saved").write_text("")
+with open(run / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"kind": "status", "state": "stopped", "step": 7, "time": time.time()}) + "\\n")
+"""
+
+
+def use_fake_trainer(jobs: Jobs, monkeypatch, mode: str = "saver", save_s: float = 0) -> None:
+    """Make jobs launch FAKE_TRAINER instead of core.train (everything else is the real launch)."""
+
+    def command_for(config: TrainConfig, resume: bool = False) -> list[str]:
+        return [sys.executable, "-c", FAKE_TRAINER, str(jobs.runs_dir / config.run_name), mode, str(save_s)]
+
+    monkeypatch.setattr(jobs, "command_for", command_for)
+
+
+def launch_fake(jobs: Jobs, name: str) -> dict:
+    jobs.launch(micro(name))
+    wait_for(lambda: (jobs.run_dir(name) / "fake.started").exists(), 30, "the fake trainer to start")
+    return job_record(jobs, name)
+
+
+def test_stop_waits_for_a_checkpoint_being_saved(jobs, monkeypatch):
+    """The save outlasts the stop timeout: stop keeps waiting instead of SIGKILLing it half-written."""
+    use_fake_trainer(jobs, monkeypatch, "saver", save_s=4)
+    rec = launch_fake(jobs, "saver")
+    t0 = time.monotonic()
+    st = jobs.stop("saver", timeout=1)
+    assert time.monotonic() - t0 >= 3.5
+    assert (jobs.run_dir("saver") / "fake.saved").exists(), "the save was cut short"
+    assert (st.state, st.exit_code, st.message) == ("stopped", 0, ""), st
+    assert "killed" not in job_record(jobs, "saver")
+    assert_all_gone(rec["job_id"], rec["pid"])
+
+
+def test_stop_kills_a_job_that_is_not_saving_after_the_timeout(jobs, monkeypatch, tmp_path):
+    """A trainer deaf to SIGTERM is killed after --timeout (honoured by the CLI); a marker left by a dead saver
+    does not extend the wait, and is cleaned."""
+    use_fake_trainer(jobs, monkeypatch, "deaf")
+    rec = launch_fake(jobs, "deaf")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    marker = {"pid": gone.pid, "start_time": time.time() - 5, "step": 3, "since": time.time() - 5}
+    (jobs.run_dir("deaf") / ".saving").write_text(json.dumps(marker))
+    t0 = time.monotonic()
+    out = cli(jobs.runs_dir, "stop", "deaf", "--timeout", "1")
+    assert time.monotonic() - t0 < 20, "the timeout was not honoured"
+    assert out.returncode == 0 and "deaf: stopped" in out.stdout and "killed" in out.stdout, out.stdout + out.stderr
+    assert job_record(jobs, "deaf")["killed"] is True
+    assert not (jobs.run_dir("deaf") / ".saving").exists()
+    assert_all_gone(rec["job_id"], rec["pid"])
+
+
+def test_a_save_that_never_ends_is_killed_at_the_cap(jobs, monkeypatch):
+    monkeypatch.setattr(manager, "SAVE_WAIT_CAP_S", 2)
+    use_fake_trainer(jobs, monkeypatch, "saver", save_s=120)
+    rec = launch_fake(jobs, "hung")
+    t0 = time.monotonic()
+    st = jobs.stop("hung", timeout=1)
+    assert 2.5 <= time.monotonic() - t0 < 20
+    assert st.state == "stopped" and "was killed" in st.message, st
+    assert not (jobs.run_dir("hung") / "fake.saved").exists()
+    assert_all_gone(rec["job_id"], rec["pid"])
+
+
+def test_a_trainer_whose_pid_was_never_recorded_is_found_and_adopted(jobs, monkeypatch):
+    """Recording the pid after the start fails (disk full; the same as a launcher that died right there): past
+    the start grace the job is found by its job id and adopted, not declared failed with its trainer running."""
+    use_fake_trainer(jobs, monkeypatch, "saver")
+    real_write = manager.write_status
+
+    def disk_full_for_the_pid(run_dir: Path, record: dict) -> None:
+        if record.get("pid") is not None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(run_dir, record)
+
+    monkeypatch.setattr(manager, "write_status", disk_full_for_the_pid)
+    with pytest.raises(OSError, match="No space left"):
+        jobs.launch(micro("lost"))
+    monkeypatch.setattr(manager, "write_status", real_write)
+    wait_for(lambda: (jobs.run_dir("lost") / "fake.started").exists(), 30, "the fake trainer to start")
+    rec = job_record(jobs, "lost")
+    assert rec["pid"] is None
+    [pid] = procs_with_job_id(rec["job_id"])
+
+    later = Jobs(jobs.runs_dir, clock=lambda: time.time() + START_GRACE_S + 5)
+    st = later.status("lost")
+    assert (st.state, st.pid) == ("running", pid), st
+    rec = job_record(jobs, "lost")
+    assert (rec["state"], rec["pid"], rec["pgid"]) == ("running", pid, pid)
+    assert rec["start_time"] == pytest.approx(psutil.Process(pid).create_time(), abs=0.05)
+    with pytest.raises(DeviceBusy, match="'lost'"):
+        later.launch(micro("second"))  # the device is busy: no second job on top of it
+    with pytest.raises(RunActive):
+        later.resume("lost")
+    st = later.stop("lost", timeout=10)
+    assert st.state == "stopped" and (jobs.run_dir("lost") / "fake.saved").exists(), st
+    assert_all_gone(rec["job_id"], pid)
+
+
+# Holds a lock the way its owner would: argv[1] "jobs" (Jobs' launch lock, as a launch or resume in progress
+# does) or "run" (the per-run lock, as a trainer started by hand does), on the path argv[2]; until stdin closes.
+LOCK_HOLDER = """
+import fcntl, sys
+from core.runlock import hold_run_lock
+if sys.argv[1] == "jobs":
+    f = open(sys.argv[2], "a")
+    fcntl.flock(f, fcntl.LOCK_EX)
+else:
+    lock = hold_run_lock(sys.argv[2])
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def hold(kind: str, path: Path) -> subprocess.Popen:
+    p = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, kind, str(path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout.readline() == "held\n"
+    return p
+
+
+def a_stopped_run(jobs: Jobs, name: str) -> Path:
+    """A run that was trained by hand and stopped: config, a checkpoint, a final status."""
+    run = jobs.runs_dir / name
+    (run / "ckpt" / "step-000005").mkdir(parents=True)
+    (run / "ckpt" / "step-000005" / "state.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps(micro(name).to_dict()))
+    status = {"kind": "status", "state": "stopped", "step": 5, "time": time.time() - 60}
+    (run / "metrics.jsonl").write_text(json.dumps(status) + "\n")
+    return run
+
+
+def test_delete_waits_for_a_launch_in_progress(jobs):
+    """Delete takes the lock launch and resume take, so it cannot slip in between a resume's check and its start."""
+    run = a_stopped_run(jobs, "old")
+    holder = hold("jobs", jobs.runs_dir / ".jobs.lock")
+    try:
+        deleter = threading.Thread(target=jobs.delete_run, args=("old",))
+        deleter.start()
+        time.sleep(1)
+        assert deleter.is_alive() and run.is_dir(), "delete did not wait for the launch lock"
+    finally:
+        holder.communicate("")
+    deleter.join(30)
+    assert not deleter.is_alive() and not run.exists()
+
+
+def test_resume_and_delete_refuse_a_run_a_trainer_is_writing(jobs, monkeypatch):
+    """`python -m core.train --resume RUN` typed in a terminal holds the run lock (here still preparing data, so
+    its metrics say nothing new): no second writer from a resume, no delete under its feet."""
+    use_fake_trainer(jobs, monkeypatch)
+    run = a_stopped_run(jobs, "typed")
+    holder = hold("run", run)
+    try:
+        assert jobs.status("typed").state == "stopped"  # all the metrics know
+        with pytest.raises(RunActive, match=rf"'typed' is still running \(written by pid {holder.pid}\)"):
+            jobs.resume("typed")
+        assert not (run / "status.json").exists(), "a second writer was started"
+        with pytest.raises(RunActive, match=f"pid {holder.pid}"):
+            jobs.delete_run("typed")
+        assert (run / "ckpt" / "step-000005" / "state.json").is_file()
+        out = cli(jobs.runs_dir, "delete", "typed")
+        assert out.returncode == 1 and f"pid {holder.pid}" in out.stderr and run.is_dir()
+    finally:
+        holder.kill()  # the lock goes with the process
+        holder.wait()
+    jobs.delete_run("typed")
+    assert not run.exists()
+
+
 # ----- real trainer processes ---------------------------------------------------------------------------
 
 REATTACH = """
@@ -272,6 +467,20 @@ records = jobs.read_new_metrics(runs[0].name)
 print(json.dumps({"runs": [[s.name, s.state, s.pid, s.step] for s in runs],
                   "train": [r["step"] for r in records if r["kind"] == "train"]}))
 """
+
+
+def assert_seen_from_another_process(jobs: Jobs, name: str, pid: int, n_train: int) -> None:
+    """Another process (the UI after a restart, a terminal) sees the running job and its metrics."""
+    out = subprocess.run(
+        [sys.executable, "-c", REATTACH, str(jobs.runs_dir)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["runs"][0][:3] == [name, "running", pid] and len(seen["train"]) >= n_train
+    out = cli(jobs.runs_dir, "status", name)
+    assert out.returncode == 0 and f"{name}: running (pid {pid})" in out.stdout
+    out = cli(jobs.runs_dir, "logs", name, "-n", "3")
+    assert out.returncode == 0 and "loss" in out.stdout
 
 
 def steps_after(jobs: Jobs, name: str, since: float) -> list[int]:
@@ -320,17 +529,7 @@ def test_single_process_job_lifecycle(jobs):
     with pytest.raises(RunActive, match="stop it before resuming"):
         jobs.resume(name)
 
-    # another process (the UI after a restart) sees the running job and its metrics
-    out = subprocess.run(
-        [sys.executable, "-c", REATTACH, str(jobs.runs_dir)], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout)
-    assert seen["runs"][0][:3] == [name, "running", st.pid] and len(seen["train"]) >= len(first + more)
-    out = cli(jobs.runs_dir, "status", name)
-    assert out.returncode == 0 and f"{name}: running (pid {st.pid})" in out.stdout
-    out = cli(jobs.runs_dir, "logs", name, "-n", "3")
-    assert out.returncode == 0 and "loss" in out.stdout
+    assert_seen_from_another_process(jobs, name, st.pid, len(first + more))
 
     # stop: SIGTERM -> the trainer saves a checkpoint, status stopped, nothing left of the job
     t0 = time.monotonic()

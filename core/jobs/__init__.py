@@ -7,6 +7,13 @@ a terminal) sees the same jobs:
 
     status.json   pid, process-group id, process start time, job id, state, device, nproc, launched_at
 
+Stop: SIGTERM to the whole job; the trainer finishes its step, saves a checkpoint and exits. After the
+timeout (STOP_TIMEOUT_S unless given) it gets SIGKILL, except while it is saving a checkpoint (the trainer's
+.saving marker, core/runlock.py): a save in progress is waited for, up to SAVE_WAIT_CAP_S more.
+
+One writer per run: delete takes the lock launch and resume take, and resume and delete are refused while
+the run's job is active or a trainer (one started by hand too) holds the run lock (core/runlock.py).
+
 Resource policy: one job per device at a time. A second launch on a busy GPU is refused, naming the
 running job; a second CPU job is refused unless allow_concurrent=True (both then share the cores).
 
@@ -31,7 +38,7 @@ from core.jobs.errors import (
     StartFailed,
     StopFailed,
 )
-from core.jobs.manager import Jobs, resolve_device
+from core.jobs.manager import SAVE_WAIT_CAP_S, STOP_TIMEOUT_S, Jobs, resolve_device
 from core.jobs.processes import JOB_ENV
 from core.jobs.records import FAIL_TAIL_LINES, JobStatus
 from core.jobs.state import ACTIVE, CLI_STALE_S, START_GRACE_S, STATES, Decision, decide_state
@@ -41,8 +48,10 @@ __all__ = [
     "CLI_STALE_S",
     "FAIL_TAIL_LINES",
     "JOB_ENV",
+    "SAVE_WAIT_CAP_S",
     "START_GRACE_S",
     "STATES",
+    "STOP_TIMEOUT_S",
     "Decision",
     "DeviceBusy",
     "JobError",

@@ -15,7 +15,7 @@ from typing import Any
 from core.cli import add_config_arguments, overrides_from_args
 from core.config import ConfigError, TrainConfig
 from core.jobs.errors import JobError
-from core.jobs.manager import Jobs
+from core.jobs.manager import STOP_TIMEOUT_S, Jobs
 from core.jobs.records import JobStatus
 from core.runs import validate_run_name
 
@@ -85,7 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p = sub.add_parser("stop", help="stop a job (it saves a checkpoint first)")
     p.add_argument("run")
-    p.add_argument("--timeout", type=float, default=30, help="seconds before SIGKILL (default 30)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=STOP_TIMEOUT_S,
+        help=f"seconds before SIGKILL (default {STOP_TIMEOUT_S:g}); longer while a checkpoint is being saved",
+    )
     p = sub.add_parser("resume", help="continue a stopped or failed run from its latest checkpoint")
     p.add_argument("run")
     p.add_argument("--allow-concurrent", action="store_true", help="allow a second job on the CPU")
@@ -122,7 +127,10 @@ def _stop(jobs: Jobs, args: argparse.Namespace) -> None:
     if not before.active:
         print(f"{args.run} is not running (state {before.state})")
         return
-    print(f"stopping {args.run} (waiting up to {args.timeout:g}s for its checkpoint)...", flush=True)
+    print(
+        f"stopping {args.run} (waiting up to {args.timeout:g}s for its checkpoint, longer while one is being saved)...",
+        flush=True,
+    )
     _print_status(jobs.stop(args.run, timeout=args.timeout))
 
 

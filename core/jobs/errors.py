@@ -40,11 +40,12 @@ class DeviceBusy(JobError):
 
 
 class RunActive(JobError):
-    """Resume or delete of a run that is still running or stopping."""
+    """Resume or delete of a run that is still running or stopping (or whose run lock a trainer holds)."""
 
-    def __init__(self, name: str, state: str, action: str) -> None:
-        super().__init__(f"run {name!r} is still {state}; stop it before {action}")
-        self.name, self.state = name, state
+    def __init__(self, name: str, state: str, action: str, pid: int | None = None) -> None:
+        by = f" (written by pid {pid})" if pid else ""
+        super().__init__(f"run {name!r} is still {state}{by}; stop it before {action}")
+        self.name, self.state, self.pid = name, state, pid
 
 
 class NothingToResume(JobError):

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -13,9 +14,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from core.config import ConfigError, TrainConfig
 from core.jobs import processes
@@ -42,6 +45,7 @@ from core.jobs.records import (
 )
 from core.jobs.state import Decision, decide_state, needs_processes
 from core.metrics import MetricsReader
+from core.runlock import current_save, run_lock_holder
 from core.runs import (
     default_run_name,
     list_checkpoints,
@@ -54,6 +58,9 @@ from core.runs import (
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 RUN_FILES = ("status.json", "config.json", "metrics.jsonl", "ckpt")  # a folder holding one of these is a run
 NO_LOG = "the trainer exited without a message and an empty train.log"
+STOP_TIMEOUT_S = 30.0  # stop: seconds from SIGTERM to SIGKILL (the UI's and the CLI's default)
+SAVE_WAIT_CAP_S = 600.0  # past the timeout, stop waits this long at most for a checkpoint being saved
+AFTER_SAVE_S = 15.0  # once that save is done, the trainer records its final status and exits
 
 
 def resolve_device(device: str) -> str:
@@ -77,14 +84,14 @@ def _locked(runs_dir: Path) -> Iterator[None]:
 
 
 def _decide(
-    run_dir: Path, record: dict[str, Any] | None, last: dict[str, Any] | None, checkpoint: str | None
+    run_dir: Path, record: dict[str, Any] | None, last: dict[str, Any] | None, checkpoint: str | None, now: float
 ) -> Decision:
     """Gather what decide_state needs, looking at processes only when the answer depends on them."""
-    alive, orphans, exit_code = False, 0, (record or {}).get("exit_code")
-    if record is not None and needs_processes(record, last):
+    alive, found, exit_code = False, [], (record or {}).get("exit_code")
+    if record is not None and needs_processes(record, last, now=now):
         alive = processes.is_alive(record.get("pid"), record.get("start_time"))
-        orphans = 0 if alive else len(processes.job_processes(record.get("job_id")))
-        if not alive and not orphans:  # all gone: if it was our child, reap it for its exit code
+        found = [] if alive else processes.job_processes(record.get("job_id"))
+        if not alive and not found:  # all gone: if it was our child, reap it for its exit code
             reaped = processes.reap(record.get("pid"))
             if reaped is not None:
                 exit_code = record["exit_code"] = reaped
@@ -92,21 +99,61 @@ def _decide(
         metrics_mtime: float | None = (run_dir / "metrics.jsonl").stat().st_mtime
     except OSError:
         metrics_mtime = None
-    return decide_state(
+    decision = decide_state(
         record,
         last,
-        now=time.time(),
+        now=now,
         alive=alive,
-        orphans=orphans,
+        orphans=len(found),
         exit_code=exit_code,
         checkpoint=checkpoint,
         metrics_mtime=metrics_mtime,
     )
+    if decision.adopt and record is not None:
+        _adopt(run_dir, record, found)
+    return decision
 
 
-def _settle(run_dir: Path, record: dict[str, Any], st: JobStatus) -> None:
+def _adopt(run_dir: Path, record: dict[str, Any], found: list[psutil.Process]) -> None:
+    """Record the process a launcher started but could not record: the root of the job's process tree."""
+    pids = {p.pid for p in found}
+    roots = []
+    for p in found:
+        with contextlib.suppress(psutil.Error):
+            if p.ppid() not in pids:
+                roots.append((p.create_time(), p.pid))
+    if not roots:
+        return
+    start_time, pid = min(roots)  # the oldest root: the trainer, or torchrun's agent
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    record.update(pid=pid, pgid=pgid, start_time=start_time, adopted=True)
+    with contextlib.suppress(OSError):  # a full disk: the answer is right, the next call adopts again
+        write_status(run_dir, record)
+
+
+def _wait_ended(run_dir: Path, record: dict[str, Any], timeout: float) -> bool:
+    """Wait until the job has ended: `timeout` seconds, longer while its trainer is saving a checkpoint.
+
+    False when processes of the job still run after that (the caller kills them).
+    """
+    if processes.wait_gone(record, timeout):
+        return True
+    cap, saved = time.monotonic() + SAVE_WAIT_CAP_S, False
+    while current_save(run_dir) is not None:  # a marker of a dead saver is ignored (and removed)
+        saved = True
+        if time.monotonic() >= cap:
+            return False
+        if processes.wait_gone(record, min(1.0, cap - time.monotonic())):
+            return True
+    return saved and processes.wait_gone(record, AFTER_SAVE_S)
+
+
+def _settle(run_dir: Path, record: dict[str, Any], st: JobStatus, now: float) -> None:
     """Record a final state in status.json so later calls need no process lookups."""
-    st.ended_at = st.ended_at or time.time()
+    st.ended_at = st.ended_at or now
     st.log_tail = tail(run_dir / "train.log", FAIL_TAIL_LINES) if st.state == "failed" else ""
     record.update(state=st.state, message=st.message, ended_at=st.ended_at, log_tail=st.log_tail)
     with contextlib.suppress(OSError):  # a read-only runs folder still gets a correct answer
@@ -116,8 +163,9 @@ def _settle(run_dir: Path, record: dict[str, Any], st: JobStatus) -> None:
 class Jobs:
     """The training jobs of one runs folder. Any number of instances, in any process, see the same jobs."""
 
-    def __init__(self, runs_dir: str | Path = "checkpoints") -> None:
+    def __init__(self, runs_dir: str | Path = "checkpoints", clock: Callable[[], float] = time.time) -> None:
         self.runs_dir = Path(runs_dir).expanduser().resolve()
+        self.clock = clock  # unix seconds; tests move it to see how a job looks later
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._summaries: dict[str, MetricsSummary] = {}
         self._readers: dict[str, MetricsReader] = {}
@@ -176,9 +224,7 @@ class Jobs:
         """Relaunch a stopped or failed run from its latest checkpoint (the trainer's --resume)."""
         run_dir = self._existing(name)
         with _locked(self.runs_dir):
-            st = self.status(name)
-            if st.active:
-                raise RunActive(name, st.state, "resuming")
+            st = self._check_not_written(name, run_dir, "resuming")
             if st.state == "done":
                 raise NothingToResume(
                     name,
@@ -198,6 +244,17 @@ class Jobs:
             self._check_device_free(device, allow_concurrent)
             return self._start(config, run_dir, device, resume=True)
 
+    def _check_not_written(self, name: str, run_dir: Path, action: str) -> JobStatus:
+        """The run's status, if no process writes it: neither an active job nor a trainer holding the run lock
+        (one started by hand, or any trainer whose job record says otherwise)."""
+        st = self.status(name)
+        if st.active:
+            raise RunActive(name, st.state, action, st.pid)
+        holder = run_lock_holder(run_dir)
+        if holder is not None:
+            raise RunActive(name, "running", action, holder)
+        return st
+
     def _check_device_free(self, device: str, allow_concurrent: bool) -> None:
         for st in self.list_runs():
             if st.active and st.device == device and not (device == "cpu" and allow_concurrent):
@@ -206,7 +263,7 @@ class Jobs:
     def _start(self, config: TrainConfig, run_dir: Path, device: str, resume: bool) -> JobStatus:
         argv = self.command_for(config, resume=resume)
         resumes = (read_status(run_dir) or {}).get("resumes", -1) + 1 if resume else 0
-        record = new_record(uuid.uuid4().hex, device, config.nproc, argv, resumes, time.time())
+        record = new_record(uuid.uuid4().hex, device, config.nproc, argv, resumes, self.clock())
         # status.json exists before the process does, so a concurrent list never sees a job-less run folder.
         write_status(run_dir, record)
         write_text_atomic(run_dir / "command.txt", shlex.join(argv) + "\n")
@@ -217,7 +274,7 @@ class Jobs:
             try:
                 pid, start_time = processes.spawn(argv, REPO_ROOT, record["job_id"], log)
             except OSError as e:
-                record.update(state="failed", message=f"could not start the trainer: {e}", ended_at=time.time())
+                record.update(state="failed", message=f"could not start the trainer: {e}", ended_at=self.clock())
                 write_status(run_dir, record)
                 raise StartFailed(f"could not start the trainer for {config.run_name!r}: {e}") from e
         record.update(pid=pid, pgid=pid, start_time=start_time)
@@ -242,7 +299,8 @@ class Jobs:
         if (run_dir / "command.txt").is_file():
             st.command = (run_dir / "command.txt").read_text(errors="replace").strip()
         summary.fill(st)
-        decision = _decide(run_dir, record, summary.status, st.checkpoint)
+        now = self.clock()
+        decision = _decide(run_dir, record, summary.status, st.checkpoint, now)
         st.state, st.message, st.source = decision.state, decision.message, decision.source
         if record is not None and decision.source == "job":
             st.pid, st.device, st.nproc = record.get("pid"), record.get("device"), record.get("nproc")
@@ -251,7 +309,7 @@ class Jobs:
         else:
             st.device, st.nproc = config.get("device"), config.get("nproc")
         if decision.settle and record is not None:
-            _settle(run_dir, record, st)
+            _settle(run_dir, record, st, now)
         if st.state == "failed":
             st.log_tail = st.log_tail or tail(run_dir / "train.log", FAIL_TAIL_LINES)
             st.message = st.message or st.log_tail or NO_LOG
@@ -259,12 +317,14 @@ class Jobs:
             st.eta_s = None
         return st
 
-    def stop(self, name: str, timeout: float = 30, wait: bool = True) -> JobStatus:
+    def stop(self, name: str, timeout: float = STOP_TIMEOUT_S, wait: bool = True) -> JobStatus:
         """Ask a job to stop (SIGTERM: the trainer finishes its step, saves a checkpoint and exits).
 
         After `timeout` seconds the whole job (process group and every process carrying the job id, so
-        also torchrun's workers) gets SIGKILL. wait=False returns at once with state "stopping" and
-        finishes in a background thread (for the UI). Stopping a job that has already ended is a no-op.
+        also torchrun's workers) gets SIGKILL, unless its trainer is saving a checkpoint right then: that
+        save is waited for (up to SAVE_WAIT_CAP_S more), never cut in half. wait=False returns at once with
+        state "stopping" and finishes in a background thread (for the UI). Stopping a job that has already
+        ended is a no-op.
         """
         run_dir = self._existing(name)
         st = self.status(name)
@@ -273,7 +333,7 @@ class Jobs:
         record = read_status(run_dir)
         if st.source != "job" or record is None:
             raise NotAJob(name)
-        record.update(state="stopping", stop_requested_at=time.time())
+        record.update(state="stopping", stop_requested_at=self.clock())
         write_status(run_dir, record)
         processes.signal_job(record, signal.SIGTERM)
         if not wait:
@@ -283,7 +343,7 @@ class Jobs:
 
     def _finish_stop(self, name: str, record: dict[str, Any], timeout: float) -> JobStatus:
         run_dir = self.run_dir(name)
-        if not processes.wait_gone(record, timeout):
+        if not _wait_ended(run_dir, record, timeout):
             record = read_status(run_dir) or record
             record["killed"] = True
             write_status(run_dir, record)
@@ -316,13 +376,12 @@ class Jobs:
     def delete_run(self, name: str) -> None:
         """Delete a run folder. Only names inside the runs folder; never a run that is still active."""
         path = self.run_dir(name)  # refuses '..', separators, absolute paths, symlinks leading outside
-        if path.is_symlink():
-            path.unlink()  # remove the link only, never what it points to
-            return
-        st = self.status(name)  # RunNotFound when there is no such folder
-        if st.active:
-            raise RunActive(name, st.state, "deleting it")
-        shutil.rmtree(path)
+        with _locked(self.runs_dir):  # a launch or resume of this name cannot interleave
+            if path.is_symlink():
+                path.unlink()  # remove the link only, never what it points to
+                return
+            self._check_not_written(name, path, "deleting it")  # RunNotFound when there is no such folder
+            shutil.rmtree(path)
         with self._lock:
             self._summaries.pop(name, None)
             self._readers.pop(name, None)

@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import psutil
 
+from core.runlock import process_alive
+
 JOB_ENV = "PLAYGROUND_JOB_ID"
 
 # Popen objects of the jobs this process started, by pid: poll() reaps a finished child so that it is
@@ -55,13 +57,7 @@ def is_alive(pid: int | None, start_time: float | None) -> bool:
     child = _CHILDREN.get(pid)
     if child is not None and child.poll() is not None:  # our own child: poll() also reaps it
         return False
-    try:
-        p = psutil.Process(pid)
-        if start_time is not None and abs(p.create_time() - start_time) > 0.05:
-            return False  # the pid now belongs to another process
-        return p.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
+    return process_alive(pid, start_time)
 
 
 def reap(pid: int | None) -> int | None:

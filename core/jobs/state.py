@@ -25,6 +25,7 @@ class Decision:
     message: str = ""
     source: str = "job"  # job: launched as a job; cli: trained by hand; imported: weights without a training log
     settle: bool = False  # a final state that status.json does not hold yet: record it, later calls skip the lookups
+    adopt: bool = False  # the job's processes run but status.json has no pid: record theirs
 
 
 def follows_record(record: dict[str, Any], last_status: dict[str, Any] | None) -> bool:
@@ -33,14 +34,19 @@ def follows_record(record: dict[str, Any], last_status: dict[str, Any] | None) -
     return not (last_status and ended_at and last_status.get("time", 0) > ended_at)
 
 
-def needs_processes(record: dict[str, Any] | None, last_status: dict[str, Any] | None) -> bool:
-    """Whether deciding needs a look at the processes: a job recorded as active, with a pid."""
+def needs_processes(record: dict[str, Any] | None, last_status: dict[str, Any] | None, *, now: float) -> bool:
+    """Whether deciding needs a look at the processes: a job recorded as active, with a pid or past the
+    start grace (its launcher may have died after starting the trainer, before recording its pid)."""
     return (
         record is not None
         and follows_record(record, last_status)
         and record.get("state") in ACTIVE
-        and record.get("pid") is not None
+        and (record.get("pid") is not None or not _starting(record, now))
     )
+
+
+def _starting(record: dict[str, Any], now: float) -> bool:
+    return now - (record.get("launched_at") or 0) < START_GRACE_S
 
 
 def decide_state(
@@ -58,7 +64,8 @@ def decide_state(
 
     record: status.json (None for runs trained by hand or imported); last_status: the trainer's newest
     {"kind": "status"} record in metrics.jsonl; alive: the recorded pid is still our process; orphans: other
-    live processes carrying the job id (torchrun workers whose agent died); exit_code: the trainer's, when
+    live processes carrying the job id (torchrun workers whose agent died, or the trainer of a launcher that
+    died before recording its pid); exit_code: the trainer's, when
     known; checkpoint: the newest complete checkpoint; metrics_mtime: when metrics.jsonl last changed (None:
     there is none); now: the current time.
     """
@@ -80,9 +87,12 @@ def _job_state(
     if recorded not in ACTIVE:  # final state already settled by an earlier call
         return Decision(recorded or "unknown", record.get("message") or "")
     pid = record.get("pid")
-    if pid is None:  # the launcher is between writing status.json and starting the process
-        if now - (record.get("launched_at") or 0) < START_GRACE_S:
+    if pid is None:  # the launcher is between writing status.json and recording the process it started
+        if _starting(record, now):
             return Decision("running", "starting")
+        if orphans:  # it died (or could not write) after starting the trainer, which still writes the run
+            msg = f"the launcher did not record the trainer's pid; found {orphans} process(es) carrying the job id"
+            return Decision(recorded, msg, adopt=True)
         return Decision("failed", "the launcher exited before the trainer was started", settle=True)
     if alive:
         return Decision(recorded)
