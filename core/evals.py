@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from core.distributed import DistContext, all_reduce_mean
 from core.model import unwrap_model
@@ -163,6 +164,12 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _without_ddp(model: nn.Module) -> nn.Module:
+    """The module inside DDP (compiled or not): DDP's forward may sync buffers, a collective that ranks scoring
+    different numbers of batches would never all reach."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 @torch.no_grad()
 def _target_nll(model: nn.Module, rows: Sequence[tuple[list[int], int, int]], n_rows: int, length: int) -> torch.Tensor:
     """Summed NLL of tokens[lo:hi] of each row given the tokens before them (float64, on the CPU).
@@ -177,7 +184,7 @@ def _target_nll(model: nn.Module, rows: Sequence[tuple[list[int], int, int]], n_
         idx[r, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         sel[r, lo - 1 : hi - 1] = True
     idx, sel = idx.to(device), sel.to(device)
-    logits = model(idx)[0][:, :-1]
+    logits = _without_ddp(model)(idx)[0][:, :-1]
     nll = F.cross_entropy(logits[sel].float(), idx[:, 1:][sel], reduction="none")
     sums = torch.zeros(n_rows, dtype=torch.float64, device=device)
     sums.index_add_(0, sel.nonzero()[:, 0], nll.double())
