@@ -183,9 +183,9 @@ def test_every_forward_of_a_call_has_one_shape(hs_file):
     evaluate_hellaswag(rec, examples, batch_examples=4)
     assert len(rec.shapes) == 4 and len(set(rec.shapes)) == 1 and rec.shapes[0][0] == 16
     rec.shapes.clear()
-    text = encode(" ".join(r["ctx"] for r in example_records()) * 2, allow_special=False)
-    perplexity(rec, text, seq_len=64, stride=20, batch_windows=3)  # last window and last batch are short
-    assert len(rec.shapes) > 1 and set(rec.shapes) == {(3, 64)}
+    text = encode(" ".join(r["ctx"] for r in example_records()), allow_special=False)  # 86 tokens
+    perplexity(rec, text, seq_len=48, stride=20, batch_windows=2)  # 3 windows: the last window and batch are short
+    assert rec.shapes == [(2, 48), (2, 48)]
 
 
 def test_compiled_model_scores_without_recompiling(hs_file):
@@ -337,11 +337,11 @@ def reference_perplexity(hf, tokens: list[int], L: int, S: int) -> tuple[int, fl
 
 @pytest.fixture(scope="module")
 def text() -> str:
-    return (ROOT / "data" / "tinyshakespeare.txt").read_text()[:1400]
+    return (ROOT / "data" / "tinyshakespeare.txt").read_text()[:1000]
 
 
-@pytest.mark.parametrize("seq_len,stride,chars", [(None, None, 1400), (None, 13, 1400), (None, "L-1", 1400),
-                                                  (20, 19, 1400), (None, None, 60), (None, 5, 60)])  # fmt: skip
+@pytest.mark.parametrize("seq_len,stride,chars", [(None, None, 1000), (None, 29, 1000), (None, "L-1", 1000),
+                                                  (24, 23, 1000), (None, None, 60), (None, 5, 60)])  # fmt: skip
 def test_perplexity_equals_transformers_sliding_window(pair, text, seq_len, stride, chars):
     model, hf, _ = pair
     tokens = encode(text[:chars], allow_special=False)
