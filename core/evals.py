@@ -269,7 +269,7 @@ def evaluate_hellaswag(
     """acc and acc_norm over `examples`. Under torch.distributed every rank must call it with the same
     examples: rank r scores examples r, r + world, ... and all ranks return the all-reduced totals."""
     rank, world = _world()
-    rendered, length = _rendered(model, examples)  # length from all examples: the same shape on every rank
+    rendered, length = _rendered(model, examples)  # row length from all examples: one shape per call and file
     mine = rendered[rank::world]
     labels = torch.tensor([ex.label for ex in examples[rank::world]], dtype=torch.long)
     sums, means = _ending_losses_rendered(model, mine, length, batch_examples, progress)
@@ -279,7 +279,7 @@ def evaluate_hellaswag(
         device=_model_device(model),
     )
     if world > 1:
-        ctx = DistContext(rank, rank, world, counts.device)
+        ctx = DistContext(rank, int(os.environ.get("LOCAL_RANK", rank)), world, counts.device)
         counts = all_reduce_mean(counts, ctx) * world  # mean * world = sum; float64 keeps counts exact
     n, correct, correct_norm = (round(v) for v in counts.tolist())
     return HellaSwagResult(n, correct, correct_norm)
