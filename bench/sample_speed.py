@@ -74,7 +74,7 @@ def main() -> None:
     prompt = torch.randint(0, 50257, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
     ids = prompt.to(device)
     with torch.inference_mode():
-        diff = (hf(ids).logits - ours(ids)[0]).abs().max().item()
+        diff = (hf(ids).logits - ours(ids).logits).abs().max().item()
 
     def run_hf() -> list[int]:
         with torch.inference_mode():

@@ -423,7 +423,7 @@ class Trainer:
         for g in mine:
             x, y = self.val_data.batch(g)
             with self.autocast:
-                _, loss = self.compiled(x, y)
+                loss = self.compiled(x, y).loss
             losses += loss.float()
         self.compiled.train()
         return D.all_reduce_mean(losses / max(1, len(mine)), ctx).item()
@@ -461,7 +461,7 @@ class Trainer:
             sync = self.train_model.no_sync() if ctx.is_ddp and not last else contextlib.nullcontext()
             with sync:
                 with self.autocast:
-                    _, loss = self.train_model(x, y)
+                    loss = self.train_model(x, y).loss
                 loss = loss / self.accum
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach()

@@ -298,7 +298,7 @@ def compute(runs_dir: Path, choice: str | None, text: str, max_tokens: int = MAX
         loaded = CACHE.get(runs_dir, choice)
     except ModelError as e:
         return None, f"⚠ {e}"
-    result = attention_maps(loaded.probe, encode(text), max_tokens=max_tokens)
+    result = attention_maps(loaded.model, encode(text), max_tokens=max_tokens)
     cfg = loaded.config
     note = (
         f"**{len(result.tokens)} tokens** · `{loaded.name}` · {cfg.n_layer} layers × {cfg.n_head} heads. "

@@ -7,7 +7,6 @@ checkpoint folder and the modification time of its weights, so a re-saved checkp
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 from collections import OrderedDict
@@ -29,8 +28,7 @@ class ModelError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    model: GPT  # eval mode; core.generation attaches its KV caches to it only under its per-model lock
-    probe: GPT  # the same weights, for cache-free forwards (attention maps, next-token view) without that lock
+    model: GPT  # eval mode; holds no state, so sampling, attention maps and the next-token view share it
     path: Path  # the checkpoint folder
     step: int
     config: ModelConfig
@@ -149,8 +147,7 @@ class ModelCache:
                 raise ModelError(str(e)) from e
             step = int(ck.state.get("step", _step_of(ckpt)))
             name = f"{ckpt.parent.parent.name} · step {step}"
-            probe = private_view(model)  # made now, while no generation can have caches attached
-            loaded = LoadedModel(model, probe, ckpt, step, model.config, name, key)
+            loaded = LoadedModel(model, ckpt, step, model.config, name, key)
             self._models[key] = loaded
             while len(self._models) > self.max_models:
                 self._models.popitem(last=False)
@@ -159,16 +156,6 @@ class ModelCache:
     def keys(self) -> list[tuple[str, int]]:
         with self._lock:
             return list(self._models)
-
-
-def private_view(model: GPT) -> GPT:
-    """A new module tree that shares every parameter and buffer with `model` (no copy of the weights).
-
-    KV caches live on the modules: core.generation attaches a stream's caches to the shared model for the
-    duration of one forward, so a forward without caches must not run on that same tree meanwhile.
-    """
-    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    return copy.deepcopy(model, memo=shared)
 
 
 CACHE = ModelCache()  # shared by the Sampling and Attention tabs of one app process

@@ -21,7 +21,7 @@ import torch
 
 from core.attention import token_label
 from core.config import GPT2_VOCAB_SIZE
-from core.generation import MAX_SAMPLES, SamplingConfig, filter_probs, prompt_tokens, stream
+from core.generation import MAX_SAMPLES, SamplingConfig, filter_probs, prefill, prompt_tokens, stream, window_keep
 from playground.model_cache import CACHE, LoadedModel, ModelError
 from playground.model_picker import model_picker
 
@@ -155,7 +155,7 @@ def run_generation(
     """
     loaded = loaded or CACHE.get(runs_dir, choice)
     block = loaded.config.block_size
-    keep = min(cfg.window_keep or max(1, block // 2), max(1, block - 1))  # as core.generation slides the window
+    keep = window_keep(block, cfg.window_keep)
     n_prompt = len(prompt_tokens(prompt))
     n = cfg.num_samples
     texts, reasons = [""] * n, [None] * n
@@ -211,9 +211,9 @@ def next_token_logits(loaded: LoadedModel, tokens: list[int]) -> torch.Tensor:
         if key in _LOGITS:
             _LOGITS.move_to_end(key)
             return _LOGITS[key]
-    device = loaded.probe.transformer.wte.weight.device
+    device = loaded.model.transformer.wte.weight.device
     with torch.inference_mode():
-        logits = loaded.probe(torch.tensor([window], device=device))[0][0, -1].float().cpu()
+        logits = prefill(loaded.model, torch.tensor([window], device=device))[0].float().cpu()
     with _LOGITS_LOCK:
         _LOGITS[key] = logits
         while len(_LOGITS) > 16:
