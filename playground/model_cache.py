@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import MODEL_FILE, CheckpointError, list_checkpoints, load_model, read_state, resolve_checkpoint
+from core.checkpoint import MODEL_FILE, CheckpointError, list_checkpoints, load_model, read_state
 from core.config import ModelConfig
 from core.model import GPT
+from core.weights import WeightsError, resolve_run
 
 MAX_MODELS = 3
 
@@ -104,16 +105,13 @@ def resolve_choice(runs_dir: str | Path, choice: str | None) -> Path:
     """The checkpoint folder of a dropdown value, refusing anything outside the runs folder."""
     if not choice:
         raise ModelError("no model selected; pick a checkpoint in the model list (press ⟳ to refresh it)")
-    root = Path(runs_dir).resolve()
-    path = (root / choice).resolve()
-    if not path.is_relative_to(root):
-        raise ModelError(f"{choice!r} is outside the runs folder {root}; pick a model from the list")
-    if not path.exists():
-        raise ModelError(f"{choice!r} no longer exists (deleted?); press ⟳ to refresh the model list")
     try:
-        return resolve_checkpoint(path)
-    except CheckpointError as e:
+        source = resolve_run(runs_dir, choice)
+    except WeightsError as e:
         raise ModelError(str(e)) from e
+    if source.kind not in ("run", "checkpoint"):
+        raise ModelError(f"{choice!r} is not a run or checkpoint of this project; import it in the Models tab")
+    return source.path
 
 
 def default_device() -> torch.device:

@@ -272,6 +272,9 @@ def test_cli_seed_and_hf_folder(tmp_path, model, run_dir, capsys):
         assert sample_cli.main([*seeded, "--max-new-tokens", "8"]) == 0
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1] and outs[0].strip()
+    by_name = ["--checkpoint", "micro/ckpt/step-000005", "--runs-dir", str(run_dir.parent), *seeded[2:]]
+    assert sample_cli.main([*by_name, "--max-new-tokens", "8"]) == 0  # a run name under --runs-dir
+    assert capsys.readouterr().out == outs[0]
     export_hf(model, tmp_path / "hf")
     assert sample_cli.main(["--checkpoint", str(tmp_path / "hf"), "--num-samples", "2", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.count("--- sample") == 2
