@@ -8,6 +8,7 @@ import time
 from html import unescape
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -185,10 +186,17 @@ def test_list_models_offers_runs_with_weights(runs):
 
 def test_list_models_marks_training_and_imported_runs(tmp_path):
     _save(tmp_path, "training", 5)
-    (tmp_path / "training" / "status.json").write_text(json.dumps({"state": "running"}))
+    _save(tmp_path, "crashed", 5)
+    me = psutil.Process()  # this test process stands in for the trainer of "training"
+    job = {"job_id": "x", "state": "running", "launched_at": time.time(), "pid": me.pid, "start_time": me.create_time()}
+    (tmp_path / "training" / "status.json").write_text(json.dumps(job))
+    # status.json still says running, but its process is gone: core.jobs, asked instead of the file, knows.
+    dead = {**job, "pid": 2**22 + 12345, "start_time": 1.0}
+    (tmp_path / "crashed" / "status.json").write_text(json.dumps(dead))
     _save(tmp_path, "gpt2-import", 0, imported=True, source="gpt2")
     labels = dict((v, label) for label, v in list_models(tmp_path))
     assert "training…" in labels["training"] and "imported from gpt2" in labels["gpt2-import"]
+    assert "training…" not in labels["crashed"]
     # A still-training run is followed: its entry loads the newest checkpoint once one appears.
     cache = ModelCache(max_models=2)
     assert cache.get(tmp_path, "training").step == 5
