@@ -35,8 +35,6 @@ from core.hf import is_hf_folder, is_hub_id, load_hf_gpt2
 from core.model import GPT
 from core.runs import STATE_FILE
 
-KINDS = ("run", "checkpoint", "hf_folder", "hub")
-
 
 class WeightsError(ConfigError):
     """A source that names no usable weights; the one-line message says what to pass instead."""
@@ -44,7 +42,7 @@ class WeightsError(ConfigError):
 
 @dataclass(frozen=True)
 class WeightsSource:
-    kind: str  # one of KINDS
+    kind: str  # "run" | "checkpoint" | "hf_folder" | "hub"
     path: Path | None = None  # the checkpoint folder (run, checkpoint) or the HF folder; None for a hub id
     hub_id: str | None = None  # for "hub"
     run_dir: Path | None = None  # for "run": the run folder whose latest checkpoint `path` is
