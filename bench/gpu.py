@@ -51,7 +51,7 @@ def losses(mc, batches, dtype, device: torch.device) -> list[float]:  # noqa: AN
     out = []
     for x, y in batches:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None), sdpa_fast(device):
-            loss = model(x, y)[1]
+            loss = model(x, y).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -69,7 +69,7 @@ def throughput(mc, B: int, T: int, compile_: bool, steps: int, device: torch.dev
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype), sdpa_fast(device):
-            loss = run(x, x)[1]
+            loss = run(x, x).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

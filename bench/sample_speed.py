@@ -23,9 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from core.config import PRESETS, model_config  # noqa: E402
+from core.device import pick_device  # noqa: E402
 from core.generation import SamplingConfig, generate_tokens  # noqa: E402
 from core.hf import export_hf  # noqa: E402
 from core.model import GPT  # noqa: E402
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
 
 
 def timed(fns: dict[str, Callable[[], list[int]]], device: str, repeats: int) -> dict[str, tuple[float, list[int]]]:
@@ -37,12 +45,10 @@ def timed(fns: dict[str, Callable[[], list[int]]], device: str, repeats: int) ->
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            if device == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             t0 = time.perf_counter()
             out[name] = fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             times[name].append(time.perf_counter() - t0)
     return {name: (statistics.median(times[name]), out[name]) for name in fns}
 
@@ -53,10 +59,10 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     ap.add_argument("--skip-recompute", action="store_true", help="skip the slow no-cache baseline")
     args = ap.parse_args()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = pick_device(args.device).type
 
     from transformers import GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
@@ -74,7 +80,7 @@ def main() -> None:
     prompt = torch.randint(0, 50257, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
     ids = prompt.to(device)
     with torch.inference_mode():
-        diff = (hf(ids).logits - ours(ids)[0]).abs().max().item()
+        diff = (hf(ids).logits - ours(ids).logits).abs().max().item()
 
     def run_hf() -> list[int]:
         with torch.inference_mode():
@@ -85,7 +91,7 @@ def main() -> None:
         cfg = SamplingConfig(max_new_tokens=n, temperature=0, stop_at_eot=False, use_cache=use_cache)
         return generate_tokens(ours, prompt[0].tolist(), cfg)[0]
 
-    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name() if device == "cuda" else f"{device} ({torch.get_num_threads()} CPU threads)"
     print(f"{args.preset} fp32 on {name}, batch 1, prompt {args.prompt_tokens}, {n} new tokens, greedy")
     print(f"logits max abs diff vs transformers: {diff:.2e}")
     fns = {"ours, KV cache": run_ours, "transformers generate": run_hf}

@@ -41,7 +41,7 @@ def make_step(model, kind: str, device: torch.device, dtype: torch.dtype | None)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = model(x, y)[1] if kind == "ours" else model(input_ids=x, labels=x).loss
+            loss = model(x, y).loss if kind == "ours" else model(input_ids=x, labels=x).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

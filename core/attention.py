@@ -55,7 +55,8 @@ def attention_maps(model: torch.nn.Module, tokens: list[int], max_tokens: int = 
     kept = list(tokens[:cap])
     device = gpt.transformer.wte.weight.device
     idx = torch.tensor([kept], dtype=torch.long, device=device)
-    _, _, attns = gpt(idx, return_attn=True)
+    # The model holds no state, so this runs on the same model other threads may be sampling from.
+    attns = gpt(idx, return_attn=True).attentions
     probs = torch.stack([a[0] for a in attns]).float()  # (L, H, T, T)
     # Row entropy; 0 * log 0 (the masked future) counts as 0.
     row_entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)  # (L, H, T)

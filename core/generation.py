@@ -8,17 +8,14 @@ block_size // 2 new tokens (about one extra forward per token, amortized) while 
 sees at least half a window of context. keep = block_size - 1 gives the most context but rebuilds
 on every token (as slow as recomputing without a cache).
 
-Each stream owns its caches and attaches them (and, for a prefill, a hook that skips the head on all
-but the last position) only for the duration of one forward call, under model_lock(model), so several
-streams (e.g. two browser tabs) can share one loaded model and a model is never left with a cache
-attached. Other code running forwards on the same module tree at the same time should hold that lock.
+The model holds no state: each stream owns its KV cache (core.model.KVCache) and passes it to every
+forward, so any number of streams (two browser tabs, two threads) can run on one loaded model at once.
+prefill and decode_step are the two forwards, as plain functions of (model, tokens, cache).
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -201,16 +198,6 @@ class _TextTracker:
 
 
 # --- running the model --------------------------------------------------------------------------
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.Lock:
-    """The lock core.generation holds while it runs a forward on this model (with its caches attached)."""
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(model, threading.Lock())
-
-
 def prompt_tokens(prompt: str | Sequence[int], vocab_size: int = EOT_TOKEN + 1) -> list[int]:
     """Token ids of a prompt (text or ids); an empty prompt starts from <|endoftext|>."""
     if isinstance(prompt, str):
@@ -223,74 +210,63 @@ def prompt_tokens(prompt: str | Sequence[int], vocab_size: int = EOT_TOKEN + 1) 
     return tokens or [EOT_TOKEN]
 
 
-def _last_position(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return (args[0][:, -1:],)
+def window_keep(block_size: int, requested: int | None = None) -> int:
+    """How many of the latest tokens stay in the window when it slides (and of a prompt longer than it).
+
+    requested (SamplingConfig.window_keep) defaults to block_size // 2; it is capped at block_size - 1 so
+    the next token always fits, and is at least 1.
+    """
+    if block_size <= 1:
+        return 1
+    return min(requested or max(1, block_size // 2), block_size - 1)
 
 
-class _Decoder:
-    """Runs a batch of rows of equal length through the model, sliding the window when full."""
+def prefill(model: GPT, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    """Next-token logits (B, V) after reading tokens (B, T) from position 0; their keys/values go into cache."""
+    return model(tokens, cache=cache, last_only=True).logits[:, -1]
+
+
+def decode_step(model: GPT, tokens: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
+    """Next-token logits (B, V) after one more token per row, tokens (B,), at absolute position pos;
+    positions 0 .. pos - 1 are read from cache."""
+    return model(tokens[:, None], pos=pos, cache=cache).logits[:, -1]
+
+
+class _Window:
+    """The tokens a batch of equal-length rows currently sees, and their KV cache; slides when full."""
 
     def __init__(self, model: GPT, rows: torch.Tensor, cfg: SamplingConfig, max_steps: int) -> None:
         self.model = model
-        self.cfg = cfg
         self.block = model.config.block_size
-        self.keep = min(cfg.window_keep or max(1, self.block // 2), self.block - 1) if self.block > 1 else 1
+        self.keep = window_keep(self.block, cfg.window_keep)
         batch, length = rows.shape
-        # Window of tokens the model currently sees; preallocated so steps never reallocate.
-        self.window = torch.empty(batch, self.block, dtype=torch.long, device=rows.device)
+        # Preallocated so steps never reallocate.
+        self.tokens = torch.empty(batch, self.block, dtype=torch.long, device=rows.device)
         self.slid = length > self.block
         rows = rows[:, -self.keep :] if self.slid else rows
         self.n = rows.size(1)
-        self.window[:, : self.n] = rows
-        self.caches: list[KVCache | None] = [None] * model.config.n_layer
-        if cfg.use_cache:
-            w = model.transformer.wte.weight
-            max_len = min(self.block, self.n + max_steps)
-            c = model.config
-            self.caches = [KVCache(batch, c.n_head, max_len, c.head_dim, w.device, w.dtype) for _ in range(c.n_layer)]
-
-    def _forward(self, idx: torch.Tensor, pos: int) -> torch.Tensor:
-        """Last-position logits (B, V), with this decoder's caches attached only for this call."""
-        model = self.model
-        blocks = [b.attn for b in model.transformer.h]
-        with model_lock(model):
-            previous = [a.kv_cache for a in blocks]
-            was_training = model.training
-            if was_training:
-                model.eval()
-            for a, c in zip(blocks, self.caches):
-                a.kv_cache = c
-            # Only the last position's logits are needed: cut before the head, which for a prefill
-            # of T tokens would otherwise do a (T, n_embd) x (n_embd, 50257) matmul for nothing.
-            hook = model.transformer.ln_f.register_forward_pre_hook(_last_position) if idx.size(1) > 1 else None
-            try:
-                logits, _ = model(idx, pos=pos)
-            finally:
-                if hook is not None:
-                    hook.remove()
-                for a, c in zip(blocks, previous):
-                    a.kv_cache = c
-                if was_training:
-                    model.train()
-        return logits[:, -1]
+        self.tokens[:, : self.n] = rows
+        max_len = min(self.block, self.n + max_steps)
+        self.cache = model.new_cache(batch, max_len) if cfg.use_cache else None
 
     def prefill(self) -> torch.Tensor:
-        return self._forward(self.window[:, : self.n], 0)
+        return prefill(self.model, self.tokens[:, : self.n], self.cache)
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row and return the next logits; slides the window when it is full."""
         if self.n == self.block:
-            kept = self.window[:, self.n - self.keep + 1 : self.n].clone()
-            self.window[:, : self.keep - 1] = kept
-            self.window[:, self.keep - 1] = tokens
+            # Learned absolute positions: cached keys cannot be shifted, so the kept tokens are read again.
+            kept = self.tokens[:, self.n - self.keep + 1 : self.n].clone()
+            self.tokens[:, : self.keep - 1] = kept
+            self.tokens[:, self.keep - 1] = tokens
             self.n = self.keep
             self.slid = True
             return self.prefill()
-        self.window[:, self.n] = tokens
+        self.tokens[:, self.n] = tokens
         self.n += 1
-        if self.cfg.use_cache:
-            return self._forward(self.window[:, self.n - 1 : self.n], self.n - 1)
-        return self.prefill()
+        if self.cache is None:
+            return self.prefill()
+        return decode_step(self.model, tokens, self.n - 1, self.cache)
 
 
 def _run(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig) -> Iterator[Step]:
@@ -313,8 +289,8 @@ def _run(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig) -> Ite
     B = len(prompts)
     with torch.inference_mode():
         rows = torch.tensor([p[:shortest] for p in prompts], dtype=torch.long, device=device)
-        dec = _Decoder(gpt, rows, cfg, max_steps)
-        logits = dec.prefill()
+        window = _Window(gpt, rows, cfg, max_steps)
+        logits = window.prefill()
     for index in range(max_steps):
         with torch.inference_mode():
             nxt, probs = _choose(logits, cfg, gen)
@@ -342,15 +318,15 @@ def _run(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig) -> Ite
                 tokens=tokens,
                 texts=texts,
                 top=top,
-                context_slid=dec.slid,
+                context_slid=window.slid,
                 finished=[tr.reason is not None for tr in trackers],
                 stop_reason=[tr.reason for tr in trackers],
             )
-            dec.slid = False
+            window.slid = False
         if all(tr.reason for tr in trackers):
             return
         with torch.inference_mode():
-            logits = dec.feed(nxt)
+            logits = window.feed(nxt)
 
 
 def stream(model: nn.Module, prompt: str | Sequence[int], cfg: SamplingConfig | None = None) -> Iterator[Step]:
@@ -369,7 +345,11 @@ def stream_batch(model: nn.Module, prompts: Sequence[str | Sequence[int]], cfg: 
         raise ValueError("prompts must not be empty")
     if len(prompts) * cfg.num_samples > MAX_SAMPLES:
         raise ValueError(f"at most {MAX_SAMPLES} rows per batch; got {len(prompts)} prompts x {cfg.num_samples}")
-    vocab = unwrap_model(model).config.vocab_size
+    gpt = unwrap_model(model)
+    if gpt.training and gpt.config.dropout > 0:
+        # Switching the shared model to eval mode here would change it under other users' feet.
+        raise ValueError("the model is in training mode, so dropout would randomize sampling; call model.eval() first")
+    vocab = gpt.config.vocab_size
     rows = [tokens for p in prompts for tokens in [prompt_tokens(p, vocab)] * cfg.num_samples]  # encode once
     return _run(model, rows, cfg)
 

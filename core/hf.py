@@ -35,13 +35,13 @@ class HFError(RuntimeError):
 
 # --- reading ------------------------------------------------------------------------------------
 def is_hf_folder(path: str | Path) -> bool:
-    """True for a folder holding a Hugging Face GPT-2 (config.json with model_type gpt2 + weights)."""
-    p = Path(path)
+    """True for a folder in Hugging Face layout: a config.json that names a model_type. Whether it holds a
+    GPT-2 this code can run (and its weights) is checked when it is loaded, with a message saying what is wrong."""
     try:
-        cfg = json.loads((p / "config.json").read_text())
+        cfg = json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(cfg, dict) and cfg.get("model_type") == "gpt2" and _weight_files(p) is not None
+    return isinstance(cfg, dict) and "model_type" in cfg
 
 
 def _weight_files(folder: Path) -> list[Path] | None:
@@ -134,6 +134,11 @@ def hf_to_state_dict(hf_sd: dict[str, torch.Tensor], config: ModelConfig) -> dic
     return out
 
 
+def _one_line(e: Exception, limit: int = 200) -> str:
+    """An exception's message on one line (hub errors span several), cut to limit characters."""
+    return " ".join(str(e).split())[:limit]
+
+
 def _download(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -145,13 +150,22 @@ def _download(repo_id: str) -> Path:
             folder = Path(snapshot_download(repo_id, allow_patterns=["config.json", "pytorch_model.bin"]))
     except Exception as e:  # network, offline mode, unknown repo, auth: all end the same way for the user
         raise HFError(
-            f"could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}); "
+            f"could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {_one_line(e)}); "
             "offline? download it elsewhere and pass the local folder"
         ) from e
     return folder
 
 
-def resolve_source(source: str | Path) -> Path:
+def is_hub_id(text: str) -> bool:
+    """True for a string shaped like a hub id, "gpt2" or "org/name", that is not a local path: no leading '.',
+    '/' or '~', no backslash, at most one '/', and for org/name no local folder called org."""
+    if not HUB_ID.match(text):
+        return False
+    org, slash, _ = text.partition("/")
+    return not (slash and Path(org).is_dir())
+
+
+def _hf_folder(source: str | Path) -> Path:
     """A local Hugging Face GPT-2 folder for a folder path or a hub id (downloaded when online)."""
     p = Path(source).expanduser()
     if p.exists():
@@ -162,15 +176,14 @@ def resolve_source(source: str | Path) -> Path:
         if _weight_files(p) is None:
             raise HFError(f"{p} has no model.safetensors or pytorch_model.bin")
         return p
-    s = str(source)
-    if HUB_ID.match(s) and not s.startswith((".", "~")):
-        return _download(s)
+    if is_hub_id(str(source)):
+        return _download(str(source))
     raise HFError(f"{source} not found: pass a local Hugging Face GPT-2 folder or a hub id such as 'gpt2'")
 
 
 def load_hf_gpt2(source: str | Path, device: str | torch.device = "cpu") -> GPT:
     """Our GPT (eval mode) with the weights of a Hugging Face GPT-2 folder or hub id."""
-    folder = resolve_source(source)
+    folder = _hf_folder(source)
     try:
         hf_cfg = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:

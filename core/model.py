@@ -7,6 +7,7 @@ Parameter names and shapes follow OpenAI's checkpoints and Hugging Face's GPT2LM
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -15,21 +16,40 @@ import torch.nn.functional as F
 from core.config import ModelConfig
 
 
-class KVCache(nn.Module):
-    """Preallocated keys/values of one layer (gpt-fast style): (B, H, max_len, D)."""
+class GPTOutput(NamedTuple):
+    """What GPT.forward returns, always these three fields."""
 
-    def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, device, dtype) -> None:
-        super().__init__()
-        shape = (batch, n_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+    logits: torch.Tensor  # (B, T, vocab_size), or (B, 1, vocab_size) with last_only
+    loss: torch.Tensor | None  # mean cross-entropy; None without targets
+    attentions: list[torch.Tensor] | None  # one (B, H, T, S) probability tensor per layer; None without return_attn
 
-    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v at positions [pos, pos + T) and return all keys/values up to pos + T."""
-        end = pos + k.size(2)
-        self.k[:, :, pos:end] = k
-        self.v[:, :, pos:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+
+class KVCache:
+    """Keys and values of every layer for one batch of sequences, owned by the caller (gpt-fast style).
+
+    The model keeps no state: a caller makes a cache (GPT.new_cache), passes it to each forward with the
+    absolute position of the first new token, and drops it when done. So any number of generations can
+    run on one model at the same time, each with its own cache.
+    """
+
+    def __init__(
+        self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, device=None, dtype=None
+    ) -> None:
+        shape = (n_layer, batch, n_head, max_len, head_dim)  # preallocated: decoding never reallocates
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    @property
+    def batch(self) -> int:
+        return self.k.size(1)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.size(3)
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's (B, H, max_len, D) key and value buffers (views: writes land in the cache)."""
+        return self.k[i], self.v[i]
 
 
 class Conv1D(nn.Module):
@@ -61,16 +81,24 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Conv1D(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.RESIDUAL_SCALE = True  # marks a residual projection for the depth-scaled init
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.kv_cache: KVCache | None = None
 
     def forward(
-        self, x: torch.Tensor, pos: int = 0, return_attn: bool = False
+        self,
+        x: torch.Tensor,
+        pos: int = 0,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        return_attn: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """kv: this layer's cache buffers (KVCache.layer); the new keys/values are written at [pos, pos + T)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(pos, k, v)
+        if kv is not None:
+            k_buf, v_buf = kv
+            k_buf[:, :, pos : pos + T] = k
+            v_buf[:, :, pos : pos + T] = v
+            # A slice up to the last written position, not the whole buffer: no mask needed for T == 1.
+            k, v = k_buf[:, :, : pos + T], v_buf[:, :, : pos + T]
         S = k.size(2)  # keys visible: past (cached) + current
         probs = None
         if return_attn:
@@ -119,9 +147,13 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, pos: int = 0, return_attn: bool = False
+        self,
+        x: torch.Tensor,
+        pos: int = 0,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        return_attn: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, probs = self.attn(self.ln_1(x), pos, return_attn)
+        a, probs = self.attn(self.ln_1(x), pos, kv, return_attn)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, probs
@@ -161,50 +193,65 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
+        *,
         pos: int = 0,
+        cache: KVCache | None = None,
         return_attn: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor | None, list]:
-        """Logits (B, T, vocab_size) and the mean cross-entropy loss when targets are given.
+        last_only: bool = False,
+    ) -> GPTOutput:
+        """Logits for idx (B, T), the mean cross-entropy loss when targets are given.
 
-        pos is the absolute position of idx[:, 0] (non-zero only when decoding with a KV cache).
-        With return_attn the explicit attention path runs and a third value, one (B, H, T, S)
-        probability tensor per layer, is returned.
+        pos: the absolute position of idx[:, 0]. cache: keys/values of the positions before pos (from
+        earlier calls) are read from it and those of idx are written into it. return_attn: run the explicit
+        attention path and return its probabilities. last_only: logits of the last position only, (B, 1, V)
+        -- a prompt's prefill then skips the head's (T, n_embd) x (n_embd, vocab) product for positions
+        nobody reads.
         """
+        T = idx.size(1)
+        self._check_inputs(idx, targets, pos, cache, last_only)
+        positions = torch.arange(pos, pos + T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        attns = [] if return_attn else None
+        for i, block in enumerate(self.transformer.h):
+            x, probs = block(x, pos, cache.layer(i) if cache is not None else None, return_attn)
+            if attns is not None:
+                attns.append(probs)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(self.transformer.ln_f(x))
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]  # padded rows are never predicted
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return GPTOutput(logits, loss, attns)
+
+    def _check_inputs(
+        self, idx: torch.Tensor, targets: torch.Tensor | None, pos: int, cache: KVCache | None, last_only: bool
+    ) -> None:
         B, T = idx.shape
         if pos + T > self.config.block_size:
             raise ValueError(
                 f"sequence of {pos + T} tokens exceeds the context window ({self.config.block_size}); "
                 "crop the input or use core.generation, which slides the window"
             )
-        positions = torch.arange(pos, pos + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
-        attns = []
-        for block in self.transformer.h:
-            x, probs = block(x, pos, return_attn)
-            if return_attn:
-                attns.append(probs)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
-        if self.config.padded_vocab_size != self.config.vocab_size:
-            logits = logits[..., : self.config.vocab_size]  # padded rows are never predicted
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        if return_attn:
-            return logits, loss, attns
-        return logits, loss
+        if pos < 0:
+            raise ValueError(f"pos is the absolute position of idx[:, 0] and must be >= 0, got {pos}")
+        if cache is not None and (cache.batch != B or pos + T > cache.max_len):
+            raise ValueError(
+                f"the KV cache holds {cache.batch} rows x {cache.max_len} positions; this call needs {B} rows x "
+                f"{pos + T}; make one with model.new_cache({B}, max_len={pos + T})"
+            )
+        if targets is not None and last_only:
+            raise ValueError("last_only computes one position's logits; the loss needs all of them")
 
-    # --- KV cache -------------------------------------------------------------------------------
-    def setup_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
-        max_len = max_len or self.config.block_size
-        device = self.transformer.wte.weight.device
-        dtype = dtype or self.transformer.wte.weight.dtype
-        for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch, self.config.n_head, max_len, self.config.head_dim, device, dtype)
-
-    def clear_cache(self) -> None:
-        for block in self.transformer.h:
-            block.attn.kv_cache = None
+    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for `batch` sequences of up to max_len (default: block_size) positions, on the
+        model's device, in the weights' dtype unless given."""
+        c = self.config
+        w = self.transformer.wte.weight
+        max_len = min(max_len or c.block_size, c.block_size)
+        return KVCache(c.n_layer, batch, c.n_head, max_len, c.head_dim, device=w.device, dtype=dtype or w.dtype)
 
     # --- accounting -----------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:

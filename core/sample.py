@@ -3,7 +3,8 @@
     python -m core.sample --checkpoint checkpoints/my-run --prompt "ROMEO:" --temperature 0.8 --top-k 200
 
 --checkpoint takes a run folder (its latest checkpoint), a checkpoint folder, a Hugging Face GPT-2
-folder (config.json + model.safetensors) or a hub id such as gpt2 (downloaded when online).
+folder (config.json + model.safetensors), the name of a run in --runs-dir, or a hub id such as gpt2
+(downloaded when online); core.weights decides which, in that order.
 """
 
 from __future__ import annotations
@@ -13,34 +14,21 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from core.checkpoint import CheckpointError, load_model
-from core.distributed import pick_device
+from core.checkpoint import CheckpointError
+from core.config import TrainConfig
+from core.device import pick_device
 from core.generation import SamplingConfig, stream
-from core.hf import HFError, is_hf_folder, load_hf_gpt2
-from core.model import GPT
+from core.hf import HFError
 from core.tokenizer import TokenizerError
-
-
-def load_any(source: str | Path, device: str | torch.device = "cpu") -> GPT:
-    """A GPT in eval mode from a run / checkpoint folder of this project, a HF GPT-2 folder or a hub id."""
-    p = Path(source).expanduser()
-    if is_hf_folder(p) and not (p / "state.json").is_file() and not (p / "ckpt").is_dir():
-        return load_hf_gpt2(p, device)
-    if not p.exists():
-        if str(source).startswith((".", "/", "~")) or "\\" in str(source) or (p.parent / "ckpt").is_dir():
-            raise CheckpointError(f"checkpoint not found: {p}")
-        try:  # a hub id such as gpt2
-            return load_hf_gpt2(str(source), device)
-        except HFError as e:
-            raise HFError(f"{source} is not a local folder, and {e}") from e
-    return load_model(p, device)[0]
+from core.weights import load_weights
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m core.sample", description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder, HF GPT-2 folder or hub id")
+    ap.add_argument(
+        "--checkpoint", required=True, help="run folder, checkpoint folder, HF GPT-2 folder, run name or hub id"
+    )
+    ap.add_argument("--runs-dir", default=TrainConfig.runs_dir, help="where --checkpoint looks for a run name")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--prompt", default="", help="text to continue (empty: start from <|endoftext|>)")
     src.add_argument("--prompt-file", type=Path, help="read the prompt from this file")
@@ -72,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             num_samples=args.num_samples,
         ).validate()
         device = pick_device(args.device)  # ConfigError (a ValueError) names a device that is not there
-        model = load_any(args.checkpoint, device)
+        model = load_weights(args.checkpoint, device, args.runs_dir)[0]
         steps = stream(model, prompt, cfg)
     except (ValueError, OSError, CheckpointError, HFError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -50,9 +50,10 @@ from core.cpu_malloc import reexec_with_tuned_malloc
 from core.data import BatchLoader, DataError, prepare_for
 from core.hf import HFError
 from core.metrics import MetricsWriter
-from core.model import GPT, load_clean_state_dict, unwrap_model
+from core.model import GPT, clean_state_dict, load_clean_state_dict, unwrap_model
 from core.optim import make_optimizer, schedule
 from core.runs import default_run_name, resolve_run_dir
+from core.weights import WeightsError, load_weights
 
 # Dense peak FLOP/s per GPU (bf16, fp16, fp32-as-TF32) from vendor datasheets; first match wins.
 PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
@@ -243,20 +244,17 @@ def _memory_mb(device: torch.device) -> float:
 
 
 def _init_model(cfg: TrainConfig, log: Any) -> GPT:
-    """scratch: a fresh GPT of the config's preset; otherwise the weights of a checkpoint or HF GPT-2."""
+    """scratch: a fresh GPT of the config's preset; otherwise the weights core.weights resolves init_from to."""
     if cfg.init_from == "scratch":
         return GPT(cfg.model_config())
-    from core import hf
-
-    source = Path(cfg.init_from)
-    if source.exists() and not hf.is_hf_folder(source):  # one of our runs or checkpoints
-        ck = load_checkpoint(source, with_optimizer=False)
-        model = GPT(dataclasses.replace(ck.model_config, dropout=cfg.dropout))
-        load_clean_state_dict(model, ck.model_state)
-        log(f"initialized from checkpoint {ck.path} (weights only, fresh optimizer)")
-        return model
-    model = hf.load_hf_gpt2(cfg.init_from)  # a Hugging Face folder or hub id such as "gpt2"
-    log(f"initialized from Hugging Face GPT-2 {cfg.init_from}")
+    try:
+        model, source = load_weights(cfg.init_from, runs_dir=cfg.runs_dir)
+    except WeightsError as e:
+        raise ConfigError(str(e), field="init_from") from e
+    if model.config.dropout != cfg.dropout:  # the weights' shape, with the dropout asked for now
+        loaded, model = model, GPT(dataclasses.replace(model.config, dropout=cfg.dropout))
+        load_clean_state_dict(model, clean_state_dict(loaded))
+    log(f"initialized from {source} (weights only, fresh optimizer)")
     return model.train()
 
 
@@ -423,7 +421,7 @@ class Trainer:
         for g in mine:
             x, y = self.val_data.batch(g)
             with self.autocast:
-                _, loss = self.compiled(x, y)
+                loss = self.compiled(x, y).loss
             losses += loss.float()
         self.compiled.train()
         return D.all_reduce_mean(losses / max(1, len(mine)), ctx).item()
@@ -461,7 +459,7 @@ class Trainer:
             sync = self.train_model.no_sync() if ctx.is_ddp and not last else contextlib.nullcontext()
             with sync:
                 with self.autocast:
-                    _, loss = self.train_model(x, y)
+                    loss = self.train_model(x, y).loss
                 loss = loss / self.accum
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach()

@@ -11,9 +11,7 @@ import functools
 import html
 import itertools
 import struct
-import threading
 import zlib
-from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -29,6 +27,7 @@ from core.attention import (
     previous_token_scores,
     repeated_random_tokens,
 )
+from core.lru import LRU
 from core.tokenizer import decode, encode
 from playground.model_cache import CACHE, ModelError
 from playground.model_picker import model_picker
@@ -45,27 +44,20 @@ _BLUES = [tuple(int(c) for c in s[4:-1].split(",")) for s in plotly.colors.seque
 COLORSCALE = [[(i / (len(_BLUES) - 1)) ** 2, f"rgb{c}"] for i, c in enumerate(_BLUES)]
 _BLUES_ARRAY = np.array(_BLUES, dtype=np.float64)
 
-_RESULTS: OrderedDict[str, AttentionResult] = OrderedDict()  # a few recent results, for redraws
-_RESULTS_LOCK = threading.Lock()
-_RESULT_IDS = itertools.count()
 MAX_RESULTS = 4
 MAX_RESULT_BYTES = 1 << 30  # a gpt2-xl result at 256 tokens is ~315 MB
+_RESULTS: LRU[str, AttentionResult] = LRU(MAX_RESULTS, MAX_RESULT_BYTES, size=lambda r: r.probs.nbytes)  # redraws
+_RESULT_IDS = itertools.count()
 
 
 def _remember(result: AttentionResult) -> str:
     key = str(next(_RESULT_IDS))
-    with _RESULTS_LOCK:
-        _RESULTS[key] = result
-        while len(_RESULTS) > MAX_RESULTS or (
-            len(_RESULTS) > 1 and sum(r.probs.nbytes for r in _RESULTS.values()) > MAX_RESULT_BYTES
-        ):
-            _RESULTS.popitem(last=False)
+    _RESULTS.put(key, result)
     return key
 
 
 def _recall(key: str | None) -> AttentionResult | None:
-    with _RESULTS_LOCK:
-        return _RESULTS.get(key or "")
+    return _RESULTS.get(key or "")
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -298,7 +290,7 @@ def compute(runs_dir: Path, choice: str | None, text: str, max_tokens: int = MAX
         loaded = CACHE.get(runs_dir, choice)
     except ModelError as e:
         return None, f"⚠ {e}"
-    result = attention_maps(loaded.probe, encode(text), max_tokens=max_tokens)
+    result = attention_maps(loaded.model, encode(text), max_tokens=max_tokens)
     cfg = loaded.config
     note = (
         f"**{len(result.tokens)} tokens** · `{loaded.name}` · {cfg.n_layer} layers × {cfg.n_head} heads. "

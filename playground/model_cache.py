@@ -7,18 +7,18 @@ checkpoint folder and the modification time of its weights, so a re-saved checkp
 
 from __future__ import annotations
 
-import copy
-import json
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from core.checkpoint import MODEL_FILE, CheckpointError, list_checkpoints, load_model, read_state, resolve_checkpoint
+from core.checkpoint import MODEL_FILE, CheckpointError, list_checkpoints, load_model, read_state
 from core.config import ModelConfig
+from core.device import pick_device
+from core.jobs import JobError, Jobs
+from core.lru import LRU
 from core.model import GPT
+from core.weights import WeightsError, resolve_run
 
 MAX_MODELS = 3
 
@@ -29,8 +29,7 @@ class ModelError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    model: GPT  # eval mode; core.generation attaches its KV caches to it only under its per-model lock
-    probe: GPT  # the same weights, for cache-free forwards (attention maps, next-token view) without that lock
+    model: GPT  # eval mode; holds no state, so sampling, attention maps and the next-token view share it
     path: Path  # the checkpoint folder
     step: int
     config: ModelConfig
@@ -38,11 +37,12 @@ class LoadedModel:
     key: tuple[str, int]  # (checkpoint folder, weights mtime): identifies these exact weights
 
 
-def _run_state(run_dir: Path) -> str:
+def _training(runs_dir: Path, name: str) -> bool:
+    """Whether the run is training now, as core.jobs judges it (a live process, not a stale status.json)."""
     try:
-        return json.loads((run_dir / "status.json").read_text()).get("state", "")
-    except (OSError, ValueError, AttributeError):
-        return ""
+        return Jobs(runs_dir).status(name).active
+    except JobError:  # deleted meanwhile
+        return False
 
 
 def _describe(cfg: dict) -> str:
@@ -82,7 +82,7 @@ def list_models(runs_dir: str | Path) -> list[tuple[str, str]]:
         if state.get("imported"):
             what = f"imported from {state.get('source', 'Hugging Face')}"
         else:
-            training = ", training…" if _run_state(run) in ("running", "stopping") else ""
+            training = ", training…" if _training(root, run.name) else ""
             what = f"latest (step {_step_of(ckpts[-1])}{training})"
         choices.append((f"{run.name} · {what} · {size}", run.name))
         for c in reversed(ckpts[:-1]):
@@ -106,30 +106,21 @@ def resolve_choice(runs_dir: str | Path, choice: str | None) -> Path:
     """The checkpoint folder of a dropdown value, refusing anything outside the runs folder."""
     if not choice:
         raise ModelError("no model selected; pick a checkpoint in the model list (press ⟳ to refresh it)")
-    root = Path(runs_dir).resolve()
-    path = (root / choice).resolve()
-    if not path.is_relative_to(root):
-        raise ModelError(f"{choice!r} is outside the runs folder {root}; pick a model from the list")
-    if not path.exists():
-        raise ModelError(f"{choice!r} no longer exists (deleted?); press ⟳ to refresh the model list")
     try:
-        return resolve_checkpoint(path)
-    except CheckpointError as e:
+        source = resolve_run(runs_dir, choice)
+    except WeightsError as e:
         raise ModelError(str(e)) from e
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if source.kind not in ("run", "checkpoint"):
+        raise ModelError(f"{choice!r} is not a run or checkpoint of this project; import it in the Models tab")
+    return source.path
 
 
 class ModelCache:
     """At most max_models loaded models; the least recently used one is dropped when a new one loads."""
 
     def __init__(self, max_models: int = MAX_MODELS, device: str | torch.device | None = None) -> None:
-        self.max_models = max_models
-        self.device = torch.device(device) if device else default_device()
-        self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()  # one load at a time: two clicks never load the same model twice
+        self.device = torch.device(device) if device else pick_device("auto")
+        self._models: LRU[tuple[str, int], LoadedModel] = LRU(max_models)
 
     def get(self, runs_dir: str | Path, choice: str | None) -> LoadedModel:
         ckpt = resolve_choice(runs_dir, choice)
@@ -137,38 +128,21 @@ class ModelCache:
             key = (str(ckpt), (ckpt / MODEL_FILE).stat().st_mtime_ns)
         except FileNotFoundError as e:
             raise ModelError(f"weights missing in {ckpt} (pruned while training?); press ⟳ and pick again") from e
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-            for old in [k for k in self._models if k[0] == key[0]]:  # same checkpoint re-saved
-                del self._models[old]
-            try:
-                model, ck = load_model(ckpt, self.device)
-            except CheckpointError as e:
-                raise ModelError(str(e)) from e
-            step = int(ck.state.get("step", _step_of(ckpt)))
-            name = f"{ckpt.parent.parent.name} · step {step}"
-            probe = private_view(model)  # made now, while no generation can have caches attached
-            loaded = LoadedModel(model, probe, ckpt, step, model.config, name, key)
-            self._models[key] = loaded
-            while len(self._models) > self.max_models:
-                self._models.popitem(last=False)
-            return loaded
+        # Two clicks never load the same model twice: the second waits for the first's load.
+        return self._models.get_or_make(key, lambda: self._load(ckpt, key))
+
+    def _load(self, ckpt: Path, key: tuple[str, int]) -> LoadedModel:
+        self._models.discard(lambda k: k[0] == key[0])  # the same checkpoint re-saved: drop the stale weights
+        try:
+            model, ck = load_model(ckpt, self.device)
+        except CheckpointError as e:
+            raise ModelError(str(e)) from e
+        step = int(ck.state.get("step", _step_of(ckpt)))
+        name = f"{ckpt.parent.parent.name} · step {step}"
+        return LoadedModel(model, ckpt, step, model.config, name, key)
 
     def keys(self) -> list[tuple[str, int]]:
-        with self._lock:
-            return list(self._models)
-
-
-def private_view(model: GPT) -> GPT:
-    """A new module tree that shares every parameter and buffer with `model` (no copy of the weights).
-
-    KV caches live on the modules: core.generation attaches a stream's caches to the shared model for the
-    duration of one forward, so a forward without caches must not run on that same tree meanwhile.
-    """
-    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    return copy.deepcopy(model, memo=shared)
+        return self._models.keys()
 
 
 CACHE = ModelCache()  # shared by the Sampling and Attention tabs of one app process

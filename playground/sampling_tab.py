@@ -10,7 +10,6 @@ import html
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ import torch
 
 from core.attention import token_label
 from core.config import GPT2_VOCAB_SIZE
-from core.generation import MAX_SAMPLES, SamplingConfig, filter_probs, prompt_tokens, stream
+from core.generation import MAX_SAMPLES, SamplingConfig, filter_probs, prefill, prompt_tokens, stream, window_keep
+from core.lru import LRU
 from playground.model_cache import CACHE, LoadedModel, ModelError
 from playground.model_picker import model_picker
 
@@ -155,7 +155,7 @@ def run_generation(
     """
     loaded = loaded or CACHE.get(runs_dir, choice)
     block = loaded.config.block_size
-    keep = min(cfg.window_keep or max(1, block // 2), max(1, block - 1))  # as core.generation slides the window
+    keep = window_keep(block, cfg.window_keep)
     n_prompt = len(prompt_tokens(prompt))
     n = cfg.num_samples
     texts, reasons = [""] * n, [None] * n
@@ -199,25 +199,19 @@ def run_generation(
 
 # --- next-token view ----------------------------------------------------------------------------
 
-_LOGITS: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # recent next-token logits: sliders only refilter
-_LOGITS_LOCK = threading.Lock()
+_LOGITS: LRU[tuple, torch.Tensor] = LRU(16)  # recent next-token logits: moving a slider only refilters
 
 
 def next_token_logits(loaded: LoadedModel, tokens: list[int]) -> torch.Tensor:
     """Logits (V,) of the token after `tokens`, from the last block_size of them (what sampling sees)."""
     window = tokens[-loaded.config.block_size :]
     key = (loaded.key, tuple(window))
-    with _LOGITS_LOCK:
-        if key in _LOGITS:
-            _LOGITS.move_to_end(key)
-            return _LOGITS[key]
-    device = loaded.probe.transformer.wte.weight.device
-    with torch.inference_mode():
-        logits = loaded.probe(torch.tensor([window], device=device))[0][0, -1].float().cpu()
-    with _LOGITS_LOCK:
-        _LOGITS[key] = logits
-        while len(_LOGITS) > 16:
-            _LOGITS.popitem(last=False)
+    logits = _LOGITS.get(key)
+    if logits is None:
+        device = loaded.model.transformer.wte.weight.device
+        with torch.inference_mode():
+            logits = prefill(loaded.model, torch.tensor([window], device=device))[0].float().cpu()
+        _LOGITS.put(key, logits)
     return logits
 
 

@@ -16,7 +16,7 @@ import gradio as gr
 from core.cli import config_to_flags
 from core.config import PRESETS, ConfigError, ModelConfig, TrainConfig, model_config
 from core.data import DataError, source_files
-from core.distributed import gpu_count
+from core.device import gpu_count
 from core.jobs import Jobs, NameTaken
 from core.runs import validate_run_name
 from playground import actions

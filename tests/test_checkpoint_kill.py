@@ -21,7 +21,7 @@ from core.model import GPT
 run = sys.argv[1]
 model = GPT(model_config("micro", n_embd=128, n_head=4))
 opt = torch.optim.AdamW(model.parameters())
-model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
+model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)).loss.backward()
 opt.step()
 done = list_checkpoints(run)
 step = int(done[-1].name.split("-")[1]) + 1 if done else 1

@@ -2,6 +2,8 @@
 
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,15 @@ import torch
 from core import sample as sample_cli
 from core.checkpoint import save_checkpoint
 from core.config import EOT_TOKEN, model_config
-from core.generation import SamplingConfig, filter_probs, generate, generate_batch, generate_tokens, stream
+from core.generation import (
+    SamplingConfig,
+    filter_probs,
+    generate,
+    generate_batch,
+    generate_tokens,
+    stream,
+    window_keep,
+)
 from core.hf import export_hf
 from core.model import GPT
 from core.tokenizer import encode
@@ -91,7 +101,7 @@ def _reference_sliding(model: GPT, prompt: list[int], n: int, keep: int) -> list
     out = []
     with torch.no_grad():
         for _ in range(n):
-            tok = int(model(torch.tensor([window]))[0][0, -1].argmax())
+            tok = int(model(torch.tensor([window])).logits[0, -1].argmax())
             out.append(tok)
             window.append(tok)
             if len(window) > block:
@@ -181,13 +191,46 @@ def test_bad_prompt_ids_raise(model):
         stream(model, [1, 50257], SamplingConfig())
 
 
-def test_model_state_is_left_clean(model):
-    model.train()
+def test_model_is_left_untouched(model):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()  # micro has no dropout: training mode computes the same function
     it = stream(model, "Hello", SamplingConfig(max_new_tokens=10, seed=0))
     next(it)
-    assert model.training and all(b.attn.kv_cache is None for b in model.transformer.h)
+    assert model.training  # generation never switches a shared model's mode
     it.close()
     model.eval()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    dropout = GPT(model_config("micro", dropout=0.1)).train()
+    with pytest.raises(ValueError, match="training mode"):
+        stream(dropout, "Hello", SamplingConfig())
+    assert dropout.training
+
+
+def test_window_keep():
+    assert window_keep(32) == 16  # half the window by default
+    assert window_keep(32, 15) == 15
+    assert window_keep(32, 40) == 31  # the next token must still fit
+    assert window_keep(2) == window_keep(1, 5) == 1
+
+
+def test_threads_generating_on_one_model_match_sequential_runs(model):
+    jobs = [("Hello", 1), ("The king said", 2), ("Once upon", 3), ("", 4)]
+
+    def run(prompt: str, seed: int) -> list[list[int]]:
+        cfg = SamplingConfig(max_new_tokens=40, seed=seed, num_samples=2, stop_at_eot=False, top_k=100)
+        return generate_tokens(model, prompt, cfg)
+
+    sequential = [run(*job) for job in jobs]
+    start = threading.Barrier(len(jobs))
+
+    def together(job: tuple[str, int]) -> list[list[int]]:
+        start.wait()  # all threads decode at the same time, step by step
+        return run(*job)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        concurrent = list(pool.map(together, jobs))
+    assert concurrent == sequential
+    assert len({str(t) for t in sequential}) == len(jobs)
 
 
 def test_interleaved_streams_do_not_disturb_each_other(model):
@@ -229,6 +272,9 @@ def test_cli_seed_and_hf_folder(tmp_path, model, run_dir, capsys):
         assert sample_cli.main([*seeded, "--max-new-tokens", "8"]) == 0
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1] and outs[0].strip()
+    by_name = ["--checkpoint", "micro/ckpt/step-000005", "--runs-dir", str(run_dir.parent), *seeded[2:]]
+    assert sample_cli.main([*by_name, "--max-new-tokens", "8"]) == 0  # a run name under --runs-dir
+    assert capsys.readouterr().out == outs[0]
     export_hf(model, tmp_path / "hf")
     assert sample_cli.main(["--checkpoint", str(tmp_path / "hf"), "--num-samples", "2", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.count("--- sample") == 2

@@ -38,7 +38,7 @@ def test_logits_match_transformers(hf_dir):
     ours = load_hf_gpt2(path)
     x = _batch()
     with torch.no_grad():
-        diff = (hf(x).logits - ours(x)[0]).abs().max().item()
+        diff = (hf(x).logits - ours(x).logits).abs().max().item()
     assert diff < 1e-5
 
 
@@ -65,7 +65,7 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path):
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied on load
     x = _batch()
     with torch.no_grad():
-        assert (hf.eval()(x).logits - ours(x)[0]).abs().max().item() < 1e-5
+        assert (hf.eval()(x).logits - ours(x).logits).abs().max().item() < 1e-5
 
 
 def test_export_from_a_run_folder_and_reimport(tmp_path):
@@ -76,7 +76,7 @@ def test_export_from_a_run_folder_and_reimport(tmp_path):
     back = load_hf_gpt2(tmp_path / "hf")
     x = _batch()
     with torch.no_grad():
-        assert (back(x)[0] - model(x)[0]).abs().max().item() < 1e-5
+        assert (back(x).logits - model(x).logits).abs().max().item() < 1e-5
 
 
 def test_pytorch_model_bin_without_prefix_and_with_mask_buffers(tmp_path, hf_dir):
@@ -89,7 +89,7 @@ def test_pytorch_model_bin_without_prefix_and_with_mask_buffers(tmp_path, hf_dir
     ours = load_hf_gpt2(tmp_path)
     x = _batch()
     with torch.no_grad():
-        assert (hf(x).logits - ours(x)[0]).abs().max().item() < 1e-5
+        assert (hf(x).logits - ours(x).logits).abs().max().item() < 1e-5
 
 
 def test_import_to_run_is_a_loadable_run(tmp_path, hf_dir):
@@ -103,7 +103,7 @@ def test_import_to_run_is_a_loadable_run(tmp_path, hf_dir):
     model, _ = load_model(run)
     x = _batch()
     with torch.no_grad():
-        assert (hf(x).logits - model(x)[0]).abs().max().item() < 1e-5
+        assert (hf(x).logits - model(x).logits).abs().max().item() < 1e-5
     with pytest.raises(HFError, match="already exists"):
         import_to_run(path, tmp_path / "runs", "gpt2-imported")
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["gpt2-imported"]  # no leftovers

@@ -9,7 +9,7 @@ import torch
 from core.config import ConfigError, ModelConfig, model_config
 from core.generation import SamplingConfig, generate_tokens
 from core.hf import state_dict_to_hf
-from core.model import GPT, clean_state_dict, load_clean_state_dict
+from core.model import GPT, GPTOutput, clean_state_dict, load_clean_state_dict
 
 
 def _model(**kw) -> GPT:
@@ -25,8 +25,9 @@ def test_explicit_attention_equals_sdpa_and_is_causal():
     m = _model()
     x = _tokens()
     with torch.no_grad():
-        fast, _ = m(x)
+        fast, loss, none = m(x)
         slow, _, attns = m(x, return_attn=True)
+    assert loss is None and none is None
     torch.testing.assert_close(slow, fast, atol=1e-5, rtol=1e-5)
     assert len(attns) == 2
     for a in attns:
@@ -38,14 +39,41 @@ def test_explicit_attention_equals_sdpa_and_is_causal():
 def test_cached_decoding_equals_full_forward_both_paths():
     m = _model()
     x = _tokens(T=12)
+    keys = set(m.state_dict())
     with torch.no_grad():
-        full, _ = m(x)
+        full = m(x).logits
         for explicit in (False, True):
-            m.setup_cache(2)
-            out = [m(x[:, :5], pos=0, return_attn=explicit)[0]]
-            out += [m(x[:, t : t + 1], pos=t, return_attn=explicit)[0] for t in range(5, 12)]
-            m.clear_cache()
+            cache = m.new_cache(2)
+            out = [m(x[:, :5], pos=0, cache=cache, return_attn=explicit).logits]
+            out += [m(x[:, t : t + 1], pos=t, cache=cache, return_attn=explicit).logits for t in range(5, 12)]
             torch.testing.assert_close(torch.cat(out, 1), full, atol=1e-5, rtol=1e-5)
+        # A chunk of several new tokens after a cached prefix (the masked SDPA path), and last_only.
+        cache = m.new_cache(2, max_len=12)
+        m(x[:, :5], cache=cache)
+        chunk = m(x[:, 5:12], pos=5, cache=cache).logits
+        torch.testing.assert_close(chunk, full[:, 5:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m(x, last_only=True).logits, full[:, -1:], atol=1e-5, rtol=1e-5)
+    assert set(m.state_dict()) == keys  # the cache is the caller's: nothing was attached to the model
+    assert not any(isinstance(v, torch.Tensor) and v.dim() == 4 for mod in m.modules() for v in vars(mod).values())
+
+
+def test_forward_returns_one_shape_and_checks_the_cache():
+    m = _model()
+    x = _tokens(T=8)
+    out = m(x, x)
+    assert isinstance(out, GPTOutput) and out.loss.dim() == 0 and out.attentions is None
+    assert out.logits.shape == (2, 8, 50257)
+    cache = m.new_cache(2, max_len=8)
+    assert cache.k.shape == (2, 2, 2, 8, 16) and cache.k.dtype == torch.float32
+    assert m.new_cache(1, max_len=1000).max_len == 32  # never longer than the context window
+    with pytest.raises(ValueError, match="KV cache holds 2 rows x 8 positions"):
+        m(x[:, :1], pos=8, cache=cache)
+    with pytest.raises(ValueError, match="KV cache holds 2 rows"):
+        m(x[:1], cache=cache)
+    with pytest.raises(ValueError, match="last_only"):
+        m(x, x, last_only=True)
+    with pytest.raises(ValueError, match="pos"):
+        m(x, pos=-1)
 
 
 def test_gpt2_init_statistics():
@@ -108,7 +136,7 @@ def test_padded_vocab_is_never_predicted_sampled_or_exported():
         m.transformer.wte.weight[50257:] = 10.0
         m.transformer.ln_f.weight.zero_()
         m.transformer.ln_f.bias.fill_(1.0)
-        logits, _ = m(_tokens())
+        logits = m(_tokens()).logits
     assert logits.shape[-1] == 50257
     toks = generate_tokens(m, "Hi", SamplingConfig(max_new_tokens=5, temperature=2.0, seed=0, stop_at_eot=False))
     assert max(toks[0]) < 50257
@@ -135,4 +163,4 @@ def test_compiled_forward_matches_eager():
     m = _model()
     x = _tokens()
     with torch.no_grad():
-        torch.testing.assert_close(torch.compile(m)(x)[0], m(x)[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(torch.compile(m)(x).logits, m(x).logits, atol=1e-4, rtol=1e-4)

@@ -7,24 +7,20 @@ import re
 import time
 from html import unescape
 
+import numpy as np
+import psutil
 import pytest
 import torch
 
+from core.attention import attention_maps
 from core.checkpoint import save_checkpoint
 from core.config import model_config
-from core.generation import SamplingConfig, filter_probs, generate
+from core.generation import SamplingConfig, filter_probs, generate, stream
 from core.model import GPT
+from core.tokenizer import encode
 from playground import sampling_tab
 from playground.attention_tab import show_callback
-from playground.model_cache import (
-    CACHE,
-    ModelCache,
-    ModelError,
-    list_models,
-    private_view,
-    refresh_choices,
-    resolve_choice,
-)
+from playground.model_cache import CACHE, ModelCache, ModelError, list_models, refresh_choices, resolve_choice
 from playground.sampling_tab import build_config, generate_callback, preview_callback, run_generation, stop_callback
 
 
@@ -165,7 +161,7 @@ def test_preview_shows_the_filtered_distribution(runs):
     assert "**5** of 50,257 tokens" in note and "the end of the prompt" in note
     tokens = sampling_tab.prompt_tokens("The quick brown fox")
     with torch.no_grad():
-        logits = model(torch.tensor([tokens]))[0][0, -1]
+        logits = model(torch.tensor([tokens])).logits[0, -1]
     expected = filter_probs(logits[None], SamplingConfig(temperature=0.8, top_k=5))[0]
     assert sorted(final_bars.x, reverse=True)[:5] == pytest.approx(expected.topk(5).values.tolist(), abs=1e-6)
     assert sum(final_bars.x) == pytest.approx(1.0, abs=1e-5) and len(raw_bars.x) == sampling_tab.TOP_BARS
@@ -190,10 +186,17 @@ def test_list_models_offers_runs_with_weights(runs):
 
 def test_list_models_marks_training_and_imported_runs(tmp_path):
     _save(tmp_path, "training", 5)
-    (tmp_path / "training" / "status.json").write_text(json.dumps({"state": "running"}))
+    _save(tmp_path, "crashed", 5)
+    me = psutil.Process()  # this test process stands in for the trainer of "training"
+    job = {"job_id": "x", "state": "running", "launched_at": time.time(), "pid": me.pid, "start_time": me.create_time()}
+    (tmp_path / "training" / "status.json").write_text(json.dumps(job))
+    # status.json still says running, but its process is gone: core.jobs, asked instead of the file, knows.
+    dead = {**job, "pid": 2**22 + 12345, "start_time": 1.0}
+    (tmp_path / "crashed" / "status.json").write_text(json.dumps(dead))
     _save(tmp_path, "gpt2-import", 0, imported=True, source="gpt2")
     labels = dict((v, label) for label, v in list_models(tmp_path))
     assert "training…" in labels["training"] and "imported from gpt2" in labels["gpt2-import"]
+    assert "training…" not in labels["crashed"]
     # A still-training run is followed: its entry loads the newest checkpoint once one appears.
     cache = ModelCache(max_models=2)
     assert cache.get(tmp_path, "training").step == 5
@@ -229,12 +232,19 @@ def test_model_cache_is_lru_and_reloads_resaved_weights(tmp_path):
         cache.get(tmp_path, "../a")
 
 
-def test_private_view_shares_weights_not_caches():
-    model = GPT(model_config("micro")).eval()
-    view = private_view(model)
-    assert (
-        view.transformer.wte.weight is model.transformer.wte.weight
-        and view.lm_head.weight is view.transformer.wte.weight
-    )
-    view.setup_cache(1)
-    assert all(b.attn.kv_cache is None for b in model.transformer.h)
+def test_attention_and_preview_share_the_model_with_a_running_generation(runs):
+    """One loaded model serves all three: a stream keeps its KV cache to itself, so forwards without one
+    (attention maps, the next-token view) in the middle of it change neither its text nor theirs."""
+    model = CACHE.get(runs, "micro-run").model
+    cfg = SamplingConfig(max_new_tokens=20, seed=5, stop_at_eot=False)
+    expected = generate(model, "Hello", cfg)[0]
+    fig_alone, note_alone, _ = preview_callback(runs, "micro-run", "The quick", 0.8, 5, 1.0, -1)
+    steps = stream(model, "Hello", cfg)
+    texts = [next(steps).texts[0] for _ in range(5)]
+    shown = show_callback(runs, "micro-run", "some text here", 0, 0, False, "Entropy")
+    fig, note, _ = preview_callback(runs, "micro-run", "The quick", 0.8, 5, 1.0, -1)
+    texts += [s.texts[0] for s in steps]
+    assert "".join(texts) == expected
+    assert "tokens**" in shown[0] and note == note_alone and fig.data[1].x == fig_alone.data[1].x
+    maps = attention_maps(model, encode("some text here"))
+    assert shown[-1] is not None and np.allclose(maps.probs.sum(-1), 1.0)
