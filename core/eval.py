@@ -31,8 +31,8 @@ from core.evals import (
 )
 from core.hf import HFError
 from core.model import GPT
-from core.sample import load_any
 from core.tokenizer import TokenizerError
+from core.weights import load_weights
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _open_model(spec: str, device: torch.device) -> GPT:
     """The single place that turns --checkpoint into a model (run, checkpoint folder, HF folder, hub id)."""
-    return load_any(spec, device)
+    return load_weights(spec, device)[0]
 
 
 def _positive(s: str) -> int:

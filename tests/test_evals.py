@@ -398,7 +398,7 @@ def test_cli_errors_are_one_line_with_status_2(tiny, tmp_path, capsys):
     cases = [
         (["hellaswag", "--checkpoint", folder, "--file", str(bad)], f"{bad} line 2: 'label' is 7"),
         (["perplexity", "--checkpoint", folder, "--data", str(tmp_path / "none.txt")], "text file not found"),
-        (["perplexity", "--checkpoint", str(tmp_path / "nothing"), "--data", str(bad)], "checkpoint not found"),
+        (["perplexity", "--checkpoint", str(tmp_path / "nothing"), "--data", str(bad)], "no such run or folder"),
         (["hellaswag", "--checkpoint", folder, "--batch-examples", "0"], "expected a whole number >= 1"),
         (["perplexity", "--checkpoint", folder], "the following arguments are required: --data"),
     ]
@@ -421,10 +421,10 @@ import json, sys
 from torch.nn.parallel import DistributedDataParallel as DDP
 import core.distributed as D
 from core.evals import evaluate_hellaswag, read_hellaswag
-from core.sample import load_any
+from core.weights import load_weights
 
 ctx = D.setup("cpu")
-model = DDP(load_any(sys.argv[1], ctx.device))  # as the trainer holds it; the ranks run 2 and 1 batches
+model = DDP(load_weights(sys.argv[1], ctx.device)[0])  # as the trainer holds it; the ranks run 2 and 1 batches
 done = []
 result = evaluate_hellaswag(model, read_hellaswag(sys.argv[2], limit=5), 2, lambda d, t: done.append(t))
 with open(f"{sys.argv[3]}/rank{ctx.rank}.json", "w") as f:
