@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
+
+from core.paths import AccessPolicy, is_exposed
 
 # Gradio phones home unless told not to; the app must start offline.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -17,16 +20,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs-dir", default="checkpoints", help="folder of training runs (default checkpoints)")
     ap.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     ap.add_argument("--auth", metavar="USER:PASS", help="require this login (recommended with --host/--share)")
+    ap.add_argument(
+        "--data-dir",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="exposed app: also let the UI read this folder (repeatable; the runs folder and data/ always)",
+    )
     args = ap.parse_args(argv)
     if args.auth is not None and (":" not in args.auth or not all(args.auth.split(":", 1))):
         ap.error("--auth must look like user:password")
+    for folder in args.data_dir:
+        if not Path(folder).expanduser().is_dir():
+            ap.error(f"--data-dir {folder} is not a folder; create it or fix the path")
     return args
+
+
+def access_policy(args: argparse.Namespace) -> AccessPolicy:
+    """What the UI may touch: everything on loopback; exposed, only the allowed folders (see core.paths)."""
+    return AccessPolicy.for_app(args.runs_dir, exposed=is_exposed(args.host, args.share), data_dirs=args.data_dir)
 
 
 def exposure_warning(args: argparse.Namespace) -> str | None:
     """A loud warning when the app is reachable beyond this machine without a login."""
-    exposed = args.share or args.host not in ("127.0.0.1", "localhost", "::1")
-    if not exposed or args.auth:
+    if not is_exposed(args.host, args.share) or args.auth:
         return None
     bar = "!" * 78
     where = "a public share link" if args.share else args.host
@@ -45,7 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     from playground.app import build_ui
     from playground.theme import CSS, THEME
 
-    demo = build_ui(args.runs_dir)
+    access = access_policy(args)
+    if access.exposed:
+        print("Exposed: the UI reads local paths only under " + ", ".join(map(str, access.allowed)), flush=True)
+    demo = build_ui(args.runs_dir, access)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     print(f"GPT-2 Playground: runs folder {os.path.abspath(args.runs_dir)}", flush=True)
     demo.queue(default_concurrency_limit=4).launch(

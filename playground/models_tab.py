@@ -12,6 +12,7 @@ import gradio as gr
 from core.checkpoint import list_checkpoints, read_state
 from core.hf import export_hf, import_to_run
 from core.jobs import Jobs
+from core.paths import UNRESTRICTED, AccessPolicy
 from playground import actions
 from playground.runs_view import folder_size, list_runs, megabytes
 from playground.tab import AppContext, OnOpen, Tab, bind
@@ -46,14 +47,15 @@ def checkpoint_choices(jobs: Jobs) -> list[tuple[str, str]]:
     ]
 
 
-def import_model(jobs: Jobs, source: str, name: str) -> tuple[str, Path | None]:
-    """Import Hugging Face GPT-2 weights as a new run; (message, run folder or None)."""
+def import_model(jobs: Jobs, source: str, name: str, access: AccessPolicy = UNRESTRICTED) -> tuple[str, Path | None]:
+    """Import Hugging Face GPT-2 weights as a new run; (message, run folder or None). `access` says which folders
+    and downloads an exposed app may use."""
     source, name = (source or "").strip(), (name or "").strip()
     if not source:
         return "⚠ Give a Hugging Face GPT-2 folder or a hub id such as `gpt2`.", None
     try:
-        path = import_to_run(source, jobs.runs_dir, name)
-    except Exception as e:  # HFError (offline, not GPT-2, corrupt), bad name, disk full
+        path = import_to_run(access.check_model_source(source, "source"), jobs.runs_dir, name)
+    except Exception as e:  # outside the allowed folders, HFError (offline, not GPT-2, corrupt), bad name, disk full
         return f"⚠ Import failed: {e}", None
     return (
         f"✅ Imported **{source}** as run **{path.name}**: pick it in Sampling, Attention, or Train → Initialize from.",
@@ -125,7 +127,7 @@ def delete_confirmed(tab: Tab, ctx: AppContext, name: str | None, ckpt: str | No
 
 def import_and_pick(tab: Tab, ctx: AppContext, source: str, name: str) -> dict[Any, Any]:
     """Import, then show the new run picked with its checkpoint."""
-    message, path = import_model(ctx.jobs, source, name)
+    message, path = import_model(ctx.jobs, source, name, ctx.access)
     if path is None:
         return {tab["import_msg"]: message, **refresh_models(tab, ctx)}
     ckpts = list_checkpoints(path)

@@ -1,0 +1,142 @@
+"""Security defects from the hardening review (items 9-13), each reproduced here (they failed before the fix).
+
+Exposed means bound beyond loopback (--host 0.0.0.0, --share): every visitor is a remote user.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.checkpoint import save_checkpoint
+from core.config import ConfigError, model_config
+from core.hf import export_hf
+from core.model import GPT
+from core.paths import AccessPolicy
+from playground import models_tab
+from playground.train_tab import DEFAULTS, form_to_config
+
+
+def form(**overrides):
+    return {**DEFAULTS, **overrides}
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A runs folder with one run, a shared --data-dir with a corpus and a GPT-2 folder, and a private folder
+    (a secret file, a secret GPT-2 folder) the app must not reach when exposed."""
+    runs, shared, private = tmp_path / "runs", tmp_path / "shared", tmp_path / "private"
+    for d in (runs, shared, private):
+        d.mkdir()
+    torch.manual_seed(0)
+    model = GPT(model_config("micro"))
+    save_checkpoint(runs / "mine", 3, model, {})
+    (shared / "corpus.txt").write_text("to be or not to be\n" * 20)
+    export_hf(model, shared / "gpt2-folder")
+    (private / "secret.txt").write_text("the password is hunter2\n" * 20)
+    export_hf(model, private / "gpt2-secret")
+    (shared / "escape.txt").symlink_to(private / "secret.txt")  # a link inside an allowed folder leading out
+    return runs, shared, private
+
+
+def exposed(runs: Path, *data_dirs: Path, allow_downloads: bool = False) -> AccessPolicy:
+    return AccessPolicy.for_app(runs, exposed=True, data_dirs=data_dirs, allow_downloads=allow_downloads)
+
+
+def refusal(call, field: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        call()
+    assert e.value.field == field
+    return str(e.value)
+
+
+# --- 10. local paths read anywhere ---------------------------------------------------------------------------------
+
+
+def test_exposed_data_path_outside_the_allowed_folders_is_refused_without_telling_if_it_exists(site):
+    runs, shared, private = site
+    access = exposed(runs, shared)
+    outside = {
+        "existing": private / "secret.txt",
+        "missing": private / "nope.txt",
+        "dotdot": f"{shared}/../private/secret.txt",
+        "symlink": shared / "escape.txt",
+    }
+    messages = {}
+    for kind, path in outside.items():
+        values = form(data_source="local", data_path=str(path))
+        message = refusal(lambda v=values: form_to_config(v, runs, access=access), "data_path")
+        messages[kind] = message.replace(str(path), "<path>")
+        assert "allowed folders" in message and str(shared) in message and "--data-dir" in message
+    assert len(set(messages.values())) == 1, messages  # one answer whether or not the file exists
+
+    cfg = form_to_config(form(data_source="local", data_path=str(shared / "corpus.txt")), runs, access=access)
+    assert cfg.data == str((shared / "corpus.txt").resolve())  # the trainer reads exactly the checked file
+    bundled = Path(__file__).resolve().parent.parent / "data" / "tinyshakespeare.txt"
+    assert form_to_config(form(data_source="local", data_path=str(bundled)), runs, access=access).data
+    # On loopback the app stays as free as a terminal.
+    local = form_to_config(form(data_source="local", data_path=str(private / "secret.txt")), runs)
+    assert local.data == str(private / "secret.txt")
+
+
+def test_exposed_init_from_is_confined_to_the_allowed_folders(site):
+    runs, shared, private = site
+    access = exposed(runs, shared)
+    messages = set()
+    for path in (private / "gpt2-secret", private / "missing", Path("/etc")):
+        values = form(init_from=str(path))
+        message = refusal(lambda v=values: form_to_config(v, runs, access=access), "init_from")
+        messages.add(message.replace(str(path), "<path>"))
+        assert "allowed folders" in message
+    assert len(messages) == 1
+    for ok in (runs / "mine", shared / "gpt2-folder"):
+        assert form_to_config(form(init_from=str(ok)), runs, access=access).init_from == str(ok.resolve())
+    assert form_to_config(form(init_from=str(private / "gpt2-secret")), runs).init_from  # loopback: free
+
+
+def test_exposed_import_box_reads_only_allowed_folders(site):
+    runs, shared, private = site
+    jobs = models_tab.Jobs(runs)
+    access = exposed(runs, shared)
+    answers = set()
+    for path in (private / "gpt2-secret", private / "missing", f"{shared}/../private/gpt2-secret"):
+        message, made = models_tab.import_model(jobs, str(path), "stolen", access)
+        assert made is None and "allowed folders" in message
+        answers.add(message.replace(str(path), "<path>"))
+    assert len(answers) == 1 and not (runs / "stolen").exists()
+    message, made = models_tab.import_model(jobs, str(shared / "gpt2-folder"), "shared-gpt2", access)
+    assert message.startswith("✅") and made == runs / "shared-gpt2"
+    message, made = models_tab.import_model(jobs, str(private / "gpt2-secret"), "local", AccessPolicy())
+    assert message.startswith("✅"), message  # loopback: free
+
+
+def test_policy_resolves_symlinks_and_dotdot_before_checking(site, monkeypatch):
+    runs, shared, private = site
+    access = exposed(runs, shared)
+    assert access.check_read(str(shared / "corpus.txt"), "data_path") == (shared / "corpus.txt").resolve()
+    assert access.check_read(str(runs / "mine"), "init_from") == (runs / "mine").resolve()
+    monkeypatch.chdir(shared)
+    assert access.check_read("corpus.txt", "data_path") == (shared / "corpus.txt").resolve()  # relative: from cwd
+    for sneaky in ("../private/secret.txt", "escape.txt", str(private), "/", "~"):
+        refusal(lambda s=sneaky: access.check_read(s, "data_path"), "data_path")
+    assert not AccessPolicy().exposed and AccessPolicy().check_read("/etc/hosts", "data_path") == Path("/etc/hosts")
+
+
+def test_app_builds_the_policy_from_its_flags(tmp_path):
+    import app
+
+    corpora, more = tmp_path / "corpora", tmp_path / "more"
+    corpora.mkdir(), more.mkdir()
+    runs = tmp_path / "runs"
+    args = app.parse_args(
+        ["--runs-dir", str(runs), "--host", "0.0.0.0", "--data-dir", str(corpora), "--data-dir", str(more)]
+    )
+    access = app.access_policy(args)
+    bundled = Path(app.__file__).resolve().parent / "data"
+    assert access.exposed and set(access.allowed) == {runs.resolve(), bundled, corpora, more}
+    assert app.access_policy(app.parse_args(["--share"])).exposed
+    assert not app.access_policy(app.parse_args(["--host", "localhost"])).exposed
+    with pytest.raises(SystemExit):
+        app.parse_args(["--data-dir", str(tmp_path / "missing")])
