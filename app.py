@@ -27,6 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FOLDER",
         help="exposed app: also let the UI read this folder (repeatable; the runs folder and data/ always)",
     )
+    ap.add_argument(
+        "--allow-downloads",
+        action="store_true",
+        help="exposed app: let visitors make this server download models and datasets from the Hugging Face hub",
+    )
     args = ap.parse_args(argv)
     if args.auth is not None and (":" not in args.auth or not all(args.auth.split(":", 1))):
         ap.error("--auth must look like user:password")
@@ -38,7 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def access_policy(args: argparse.Namespace) -> AccessPolicy:
     """What the UI may touch: everything on loopback; exposed, only the allowed folders (see core.paths)."""
-    return AccessPolicy.for_app(args.runs_dir, exposed=is_exposed(args.host, args.share), data_dirs=args.data_dir)
+    return AccessPolicy.for_app(
+        args.runs_dir,
+        exposed=is_exposed(args.host, args.share),
+        data_dirs=args.data_dir,
+        allow_downloads=args.allow_downloads,
+    )
 
 
 def exposure_warning(args: argparse.Namespace) -> str | None:
@@ -65,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     access = access_policy(args)
     if access.exposed:
         print("Exposed: the UI reads local paths only under " + ", ".join(map(str, access.allowed)), flush=True)
+        print(
+            f"Exposed: hub downloads {'allowed' if access.allow_downloads else 'off (--allow-downloads)'}", flush=True
+        )
     demo = build_ui(args.runs_dir, access)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     print(f"GPT-2 Playground: runs folder {os.path.abspath(args.runs_dir)}", flush=True)

@@ -85,7 +85,8 @@ class AccessPolicy:
 
     def check_model_source(self, source: str, field: str) -> str:
         """What to hand a GPT-2 loader for a folder or hub id typed into `field`: as typed on loopback; exposed, a
-        folder under the allowed folders (resolved) or a hub id (a bare name that is no local path)."""
+        folder under the allowed folders (resolved), or a hub id (a bare name that is no local path) when downloads
+        are allowed. A hub-like name of a local folder outside is refused rather than read."""
         if not self.exposed:
             return source
         from core.hf import HUB_ID  # the loader's own rule for what a hub id looks like (torch: imported late)
@@ -93,8 +94,11 @@ class AccessPolicy:
         path = Path(source).expanduser().resolve()
         if self.allows(path) and path.exists():
             return str(path)
-        if HUB_ID.match(source) and not source.startswith((".", "~")) and not path.exists():
-            return source
+        if HUB_ID.match(source) and not source.startswith((".", "~")):
+            # Downloads off: one answer whether or not a local folder has this name, so nothing is revealed.
+            self.check_download(f"hub model {source!r}", field)
+            if not path.exists():
+                return source
         if not self.allows(path):
             raise self.outside(source, field)
         return str(path)  # an allowed folder that does not exist: the loader says so

@@ -174,6 +174,7 @@ def _data_source(v: dict[str, Any], num: dict[str, Any], access: AccessPolicy) -
         dataset = (v["hf_dataset"] or "").strip().removeprefix("hf:")
         if not dataset:
             raise ConfigError("dataset name is empty; e.g. HuggingFaceFW/fineweb-edu", field="hf_dataset")
+        access.check_download(f"dataset {dataset!r}", "hf_dataset")
         if num["hf_token_budget"] < 1:
             raise ConfigError("token budget must be >= 1: a streamed dataset needs a cap", field="hf_token_budget")
         return f"hf:{dataset}", (v["hf_config"] or "").strip() or None, num["hf_token_budget"]

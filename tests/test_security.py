@@ -140,3 +140,64 @@ def test_app_builds_the_policy_from_its_flags(tmp_path):
     assert not app.access_policy(app.parse_args(["--host", "localhost"])).exposed
     with pytest.raises(SystemExit):
         app.parse_args(["--data-dir", str(tmp_path / "missing")])
+
+
+# --- 11. hub downloads on demand -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Records each hub download asked for (and fails it, as offline); the test checks none happened."""
+    import core.hf
+
+    asked = []
+
+    def download(repo_id):
+        asked.append(repo_id)
+        raise core.hf.HFError(f"could not download {repo_id!r} (offline)")
+
+    monkeypatch.setattr(core.hf, "_download", download)
+    return asked
+
+
+def test_exposed_app_downloads_nothing_from_the_hub_unless_allowed(site, no_hub):
+    runs, shared, _ = site
+    access = exposed(runs, shared)
+    hf_data = form(data_source="hf", hf_dataset="HuggingFaceFW/fineweb-edu")
+    for call, field in (
+        (lambda: form_to_config(hf_data, runs, access=access), "hf_dataset"),
+        (lambda: form_to_config(form(init_from="gpt2"), runs, access=access), "init_from"),
+        (lambda: form_to_config(form(init_from="openai-community/gpt2-xl"), runs, access=access), "init_from"),
+    ):
+        assert "--allow-downloads" in refusal(call, field)
+    message, made = models_tab.import_model(models_tab.Jobs(runs), "gpt2", "from-hub", access)
+    assert made is None and "hub downloads are off" in message and "--allow-downloads" in message
+    assert no_hub == []
+
+    allowed = exposed(runs, shared, allow_downloads=True)
+    assert form_to_config(hf_data, runs, access=allowed).data == "hf:HuggingFaceFW/fineweb-edu"
+    assert form_to_config(form(init_from="gpt2"), runs, access=allowed).init_from == "gpt2"
+    message, made = models_tab.import_model(models_tab.Jobs(runs), "gpt2", "from-hub", allowed)
+    assert made is None and "offline" in message and no_hub == ["gpt2"]
+    # On loopback the hub is there as before.
+    assert form_to_config(hf_data, runs).data == "hf:HuggingFaceFW/fineweb-edu"
+    assert form_to_config(form(init_from="gpt2"), runs).init_from == "gpt2"
+
+
+def test_a_hub_like_name_of_a_local_folder_outside_is_neither_read_nor_downloaded(site, no_hub, monkeypatch):
+    runs, shared, private = site
+    monkeypatch.chdir(private)  # "gpt2-secret" is both a hub-like name and a folder here
+    message, made = models_tab.import_model(models_tab.Jobs(runs), "gpt2-secret", "x", exposed(runs, shared))
+    assert made is None and "--allow-downloads" in message
+    message, made = models_tab.import_model(
+        models_tab.Jobs(runs), "gpt2-secret", "x", exposed(runs, shared, allow_downloads=True)
+    )
+    assert made is None and "allowed folders" in message and no_hub == []
+
+
+def test_allow_downloads_flag():
+    import app
+
+    assert not app.access_policy(app.parse_args(["--host", "0.0.0.0"])).downloads_allowed
+    assert app.access_policy(app.parse_args(["--host", "0.0.0.0", "--allow-downloads"])).downloads_allowed
+    assert app.access_policy(app.parse_args([])).downloads_allowed  # loopback
