@@ -32,6 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="exposed app: let visitors make this server download models and datasets from the Hugging Face hub",
     )
+    ap.add_argument(
+        "--exports-dir",
+        metavar="FOLDER",
+        help="where the Models tab writes Hugging Face exports (default: the runs folder); an exposed app writes "
+        "nowhere else",
+    )
     args = ap.parse_args(argv)
     if args.auth is not None and (":" not in args.auth or not all(args.auth.split(":", 1))):
         ap.error("--auth must look like user:password")
@@ -48,6 +54,7 @@ def access_policy(args: argparse.Namespace) -> AccessPolicy:
         exposed=is_exposed(args.host, args.share),
         data_dirs=args.data_dir,
         allow_downloads=args.allow_downloads,
+        exports_dir=args.exports_dir,
     )
 
 
@@ -73,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     from playground.theme import CSS, THEME
 
     access = access_policy(args)
+    if access.exports_dir:
+        access.exports_dir.mkdir(parents=True, exist_ok=True)
     if access.exposed:
         print("Exposed: the UI reads local paths only under " + ", ".join(map(str, access.allowed)), flush=True)
         print(

@@ -31,6 +31,7 @@ class AccessPolicy:
     exposed: bool = False
     allowed: tuple[Path, ...] = ()  # resolved folders; only consulted when exposed
     allow_downloads: bool = False  # only consulted when exposed: on loopback the hub is always allowed
+    exports_dir: Path | None = None  # where the UI writes exports (--exports-dir); None: the runs folder
 
     @classmethod
     def for_app(
@@ -40,11 +41,14 @@ class AccessPolicy:
         exposed: bool,
         data_dirs: Iterable[str | Path] = (),
         allow_downloads: bool = False,
+        exports_dir: str | Path | None = None,
     ) -> AccessPolicy:
-        """The policy of an app over `runs_dir`: the runs folder and the bundled data are always allowed."""
-        folders = [Path(runs_dir), BUNDLED_DATA_DIR, *(Path(d) for d in data_dirs)]
+        """The policy of an app over `runs_dir`: the runs folder, the bundled data and the exports folder are always
+        allowed to read."""
+        exports = Path(exports_dir).expanduser().resolve() if exports_dir is not None else None
+        folders = [Path(runs_dir), BUNDLED_DATA_DIR, *(Path(d) for d in data_dirs), *([exports] if exports else [])]
         allowed = tuple(dict.fromkeys(p.expanduser().resolve() for p in folders))
-        return cls(exposed=exposed, allowed=allowed, allow_downloads=allow_downloads)
+        return cls(exposed=exposed, allowed=allowed, allow_downloads=allow_downloads, exports_dir=exports)
 
     @property
     def downloads_allowed(self) -> bool:
@@ -82,6 +86,21 @@ class AccessPolicy:
                 "or restart the app with --allow-downloads",
                 field=field,
             )
+
+    def check_export(self, path: str | Path, runs_dir: str | Path, field: str) -> Path:
+        """Where an export typed into `field` is written. A relative path lands in the exports folder (--exports-dir,
+        else the runs folder); exposed, nothing may land outside that folder (ConfigError(field=field))."""
+        root = self.exports_dir or Path(runs_dir).expanduser()
+        target = root / Path(path).expanduser()  # an absolute path stays as it is
+        if not self.exposed:
+            return target
+        resolved = target.resolve()
+        if not resolved.is_relative_to(root.resolve()):
+            raise ConfigError(
+                f"{path}: this server is shared, so exports go only into {root}; give a folder name inside it",
+                field=field,
+            )
+        return resolved
 
     def check_model_source(self, source: str, field: str) -> str:
         """What to hand a GPT-2 loader for a folder or hub id typed into `field`: as typed on loopback; exposed, a

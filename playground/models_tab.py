@@ -63,8 +63,10 @@ def import_model(jobs: Jobs, source: str, name: str, access: AccessPolicy = UNRE
     )
 
 
-def export_checkpoint(jobs: Jobs, ckpt: str | None, out: str | None) -> str:
-    """Export a checkpoint of this runs folder to a Hugging Face folder (default: <run>/hf-<checkpoint>)."""
+def export_checkpoint(jobs: Jobs, ckpt: str | None, out: str | None, access: AccessPolicy = UNRESTRICTED) -> str:
+    """Export a checkpoint of this runs folder to a new Hugging Face folder. Empty `out`: <run>/hf-<checkpoint>, or
+    <exports folder>/<run>-<checkpoint> with --exports-dir; a relative `out` lands in the exports folder (the runs
+    folder by default), and an exposed app writes nowhere else."""
     if not ckpt:
         return "⚠ Pick a checkpoint to export."
     ck = Path(ckpt)
@@ -72,9 +74,14 @@ def export_checkpoint(jobs: Jobs, ckpt: str | None, out: str | None) -> str:
         run_dir = jobs.run_dir(ck.parent.parent.name)  # refuses paths outside the runs folder
         if ck.parent != run_dir / "ckpt":
             return f"⚠ {ck} is not a checkpoint of a run in {jobs.runs_dir}"
-        target = Path(out.strip()).expanduser() if out and out.strip() else run_dir / f"hf-{ck.name}"
+        if out and out.strip():
+            target = access.check_export(out.strip(), jobs.runs_dir, "out_dir")
+        elif access.exports_dir:
+            target = access.exports_dir / f"{run_dir.name}-{ck.name}"
+        else:
+            target = run_dir / f"hf-{ck.name}"
         written = export_hf(ck, target)
-    except Exception as e:
+    except Exception as e:  # outside the exports folder, not empty, disk full
         return f"⚠ Export failed: {e}"
     return f"✅ Exported to `{written}`: `transformers.GPT2LMHeadModel.from_pretrained({str(written)!r})` loads it."
 
@@ -135,7 +142,7 @@ def import_and_pick(tab: Tab, ctx: AppContext, source: str, name: str) -> dict[A
 
 
 def export_picked(tab: Tab, ctx: AppContext, ckpt: str | None, out: str | None) -> dict[Any, Any]:
-    return {tab["export_msg"]: export_checkpoint(ctx.jobs, ckpt, out)}
+    return {tab["export_msg"]: export_checkpoint(ctx.jobs, ckpt, out, ctx.access)}
 
 
 # ----- layout and wiring --------------------------------------------------------------------------------------------
@@ -194,13 +201,15 @@ def _layout_import() -> dict[str, Any]:
 
 
 def _layout_export(ctx: AppContext) -> dict[str, Any]:
+    exports = ctx.access.exports_dir
     with gr.Group():
         gr.Markdown("#### Export to Hugging Face format", padding=True)
         ckpt = gr.Dropdown(checkpoint_choices(ctx.jobs), label="Checkpoint", elem_id="export-ckpt")
         out_dir = gr.Textbox(
             label="Output folder",
-            placeholder="empty: <run>/hf-<checkpoint>",
-            info="config.json + model.safetensors, loadable by transformers",
+            placeholder=f"empty: {exports}/<run>-<checkpoint>" if exports else "empty: <run>/hf-<checkpoint>",
+            info=f"A new folder; a name alone goes into {exports or 'the runs folder'}. "
+            "config.json + model.safetensors, loadable by transformers",
         )
     export_btn = gr.Button("Export", variant="secondary")
     return {"ckpt": ckpt, "out_dir": out_dir, "export_btn": export_btn, "export_msg": gr.Markdown()}

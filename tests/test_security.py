@@ -195,9 +195,75 @@ def test_a_hub_like_name_of_a_local_folder_outside_is_neither_read_nor_downloade
     assert made is None and "allowed folders" in message and no_hub == []
 
 
-def test_allow_downloads_flag():
+def test_allow_downloads_and_exports_dir_flags():
     import app
 
     assert not app.access_policy(app.parse_args(["--host", "0.0.0.0"])).downloads_allowed
+    assert app.access_policy(app.parse_args(["--exports-dir", "~/exports"])).exports_dir == Path.home() / "exports"
     assert app.access_policy(app.parse_args(["--host", "0.0.0.0", "--allow-downloads"])).downloads_allowed
     assert app.access_policy(app.parse_args([])).downloads_allowed  # loopback
+
+
+# --- 9. export writes anywhere -------------------------------------------------------------------------------------
+
+
+def test_exposed_export_box_writes_only_into_the_exports_folder(site):
+    runs, shared, private = site
+    jobs = models_tab.Jobs(runs)
+    ckpt = str(runs / "mine" / "ckpt" / "step-000003")
+    access = exposed(runs, shared)
+    for target in (private / "planted", "../escaped", str(shared / "x"), "~/planted"):
+        message = models_tab.export_checkpoint(jobs, ckpt, str(target), access)
+        assert message.startswith("⚠") and "exports go only into" in message and str(runs) in message, message
+    assert not (private / "planted").exists() and not (runs.parent / "escaped").exists()
+    assert not (shared / "x").exists() and not (Path.home() / "planted").exists()
+
+    assert models_tab.export_checkpoint(jobs, ckpt, "mine-hf", access).startswith("✅")  # a name: in the runs folder
+    assert (runs / "mine-hf" / "config.json").is_file()
+    assert models_tab.export_checkpoint(jobs, ckpt, "", access).startswith("✅")
+    assert (runs / "mine" / "hf-step-000003" / "model.safetensors").is_file()
+
+    exports = shared / "exports"
+    configured = AccessPolicy.for_app(runs, exposed=True, exports_dir=exports)
+    assert models_tab.export_checkpoint(jobs, ckpt, "", configured).startswith("✅")
+    assert (exports / "mine-step-000003" / "config.json").is_file()
+    assert models_tab.export_checkpoint(jobs, ckpt, "again", configured).startswith("✅")
+    assert (exports / "again" / "config.json").is_file()
+    assert models_tab.export_checkpoint(jobs, ckpt, str(runs / "y"), configured).startswith("⚠")
+    assert configured.check_read(str(exports / "again"), "source")  # what was exported can be imported back
+    # On loopback an absolute folder anywhere is still fine.
+    assert models_tab.export_checkpoint(jobs, ckpt, str(private / "mine"), AccessPolicy()).startswith("✅")
+
+
+def test_export_never_overwrites_a_folder_that_holds_files(site):
+    runs, _, private = site
+    model = GPT(model_config("micro"))
+    other = runs / "other"
+    save_checkpoint(other, 1, model, {})
+    (other / "config.json").write_text('{"run_name": "other"}')
+    before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    message = models_tab.export_checkpoint(
+        models_tab.Jobs(runs), str(runs / "mine" / "ckpt" / "step-000003"), str(other), AccessPolicy()
+    )
+    assert message.startswith("⚠") and "not empty" in message
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+    with pytest.raises(Exception, match="not empty"):
+        export_hf(model, private / "gpt2-secret")  # the library refuses too
+    (private / "empty").mkdir()
+    assert export_hf(model, private / "empty") == private / "empty"  # an empty folder is fine
+    assert (private / "empty" / "config.json").is_file()
+
+
+def test_a_failed_export_leaves_nothing_behind(site, monkeypatch):
+    import core.hf
+
+    runs, _, private = site
+
+    def disk_full(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half a tensor")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(core.hf, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        export_hf(GPT(model_config("micro")), private / "new" / "export")
+    assert list((private / "new").iterdir()) == []  # no half-written export, no temporary folder
