@@ -267,3 +267,112 @@ def test_a_failed_export_leaves_nothing_behind(site, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         export_hf(GPT(model_config("micro")), private / "new" / "export")
     assert list((private / "new").iterdir()) == []  # no half-written export, no temporary folder
+
+
+# --- 12. the password in `ps` --------------------------------------------------------------------------------------
+
+
+def test_credentials_from_a_file_and_the_environment(tmp_path, capsys):
+    import app
+
+    secrets = tmp_path / "users"
+    secrets.write_text("# who may log in\nalice:pa:ss word\n\n  bob:hunter2  \n")
+    secrets.chmod(0o600)
+    args = app.parse_args(["--auth-file", str(secrets)])
+    assert app.credentials(args, {}) == [("alice", "pa:ss word"), ("bob", "hunter2")]
+    env = {"GPT2_PLAYGROUND_AUTH": "carol:xyz"}
+    assert app.credentials(app.parse_args([]), env) == [("carol", "xyz")]
+    assert app.credentials(args, env) == [("alice", "pa:ss word"), ("bob", "hunter2"), ("carol", "xyz")]
+    assert app.credentials(app.parse_args([]), {}) == []
+    assert capsys.readouterr().err == ""
+
+    assert app.credentials(app.parse_args(["--auth", "dave:on-cmdline"]), {}) == [("dave", "on-cmdline")]
+    warned = capsys.readouterr().err
+    assert "--auth" in warned and "process list" in warned and "--auth-file" in warned and "on-cmdline" not in warned
+
+    bad = tmp_path / "bad"
+    bad.write_text("alice:ok\nno-colon-s3cret\n")
+    with pytest.raises(SystemExit):
+        app.credentials(app.parse_args(["--auth-file", str(bad)]), {})
+    said = capsys.readouterr().err
+    assert "line 2" in said and "s3cret" not in said
+    with pytest.raises(SystemExit):
+        app.credentials(app.parse_args([]), {"GPT2_PLAYGROUND_AUTH": "nopassword:"})
+    with pytest.raises(SystemExit):
+        app.credentials(app.parse_args(["--auth-file", str(tmp_path / "missing")]), {})
+    assert "cannot read" in capsys.readouterr().err
+
+    secrets.chmod(0o644)
+    app.credentials(args, {})
+    assert "readable by other users" in capsys.readouterr().err
+    exposed_args = app.parse_args(["--host", "0.0.0.0", "--auth-file", str(secrets)])
+    assert app.exposure_warning(exposed_args, app.credentials(exposed_args, {})) is None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_app_with_an_auth_file_keeps_the_secret_out_of_its_command_line(tmp_path):
+    import http.cookiejar
+    import os
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from tests.helpers import ROOT, wait_for
+
+    secrets = tmp_path / "users"
+    secrets.write_text("alice:correct-horse-battery\n")
+    secrets.chmod(0o600)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "GPT2_PLAYGROUND_AUTH": "bob:staple-from-env"}
+    cmd = [
+        sys.executable,
+        "app.py",
+        "--port",
+        str(port),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--auth-file",
+        str(secrets),
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def status(path: str, opener=None) -> int | None:
+        try:
+            with (opener or urllib.request.build_opener()).open(url + path, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read()
+            return None
+
+    try:
+        wait_for(lambda: status("/config"), 180, "the app to serve")
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert "--auth-file" in cmdline and "correct-horse" not in cmdline and "staple" not in cmdline
+        assert status("/config") == 401  # no login, no app
+        for user, password, ok in (
+            ("alice", "wrong", False),
+            ("alice", "correct-horse-battery", True),
+            ("bob", "staple-from-env", True),
+        ):
+            opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+            form_data = urllib.parse.urlencode({"username": user, "password": password}).encode()
+            try:
+                opener.open(url + "/login", data=form_data, timeout=10)
+            except urllib.error.HTTPError as e:
+                assert not ok and e.code in (400, 401)
+            assert (status("/config", opener) == 200) is ok, user
+    finally:
+        proc.terminate()
+        proc.wait(30)
