@@ -15,7 +15,7 @@ import gradio as gr
 
 from core.cli import config_to_flags
 from core.config import PRESETS, ConfigError, ModelConfig, TrainConfig, model_config
-from core.data import BUNDLED, DataError, source_files
+from core.data import BUNDLED, MAX_LISTED_FILES, DataError, check_source, source_files
 from core.distributed import gpu_count
 from core.jobs import Jobs, NameTaken
 from core.paths import UNRESTRICTED, AccessPolicy
@@ -155,8 +155,11 @@ def _numbers(v: dict[str, Any]) -> dict[str, int | float]:
     return out
 
 
-def _data_source(v: dict[str, Any], num: dict[str, Any], access: AccessPolicy) -> tuple[str, str | None, int | None]:
-    """(data, data_config, data_token_budget) of the Training data fields."""
+def _data_source(
+    v: dict[str, Any], num: dict[str, Any], access: AccessPolicy, list_files: bool
+) -> tuple[str, str | None, int | None]:
+    """(data, data_config, data_token_budget) of the Training data fields. A data folder is listed (up to
+    MAX_LISTED_FILES entries) only when list_files: the live preview only checks that it exists."""
     if v["data_source"] == "local":
         path = (v["data_path"] or "").strip()
         if not path:
@@ -166,9 +169,11 @@ def _data_source(v: dict[str, Any], num: dict[str, Any], access: AccessPolicy) -
         if access.exposed and path not in BUNDLED:  # the trainer gets the very path that was checked
             path = str(access.check_read(path, "data_path"))
         try:
-            source_files(path)
+            source_files(path, limit=MAX_LISTED_FILES) if list_files else check_source(path)
         except DataError as e:
             raise ConfigError(str(e), field="data_path") from e
+        except OSError as e:  # a folder that cannot be walked (permissions)
+            raise ConfigError(f"cannot list {path}: {e}; point at a folder you can read", field="data_path") from e
         return path, None, None
     if v["data_source"] == "hf":
         dataset = (v["hf_dataset"] or "").strip().removeprefix("hf:")
@@ -208,16 +213,19 @@ def _init_from(v: dict[str, Any], access: AccessPolicy) -> str:
     return init_from
 
 
-def form_to_config(values: dict[str, Any], runs_dir: Path, *, access: AccessPolicy = UNRESTRICTED) -> TrainConfig:
+def form_to_config(
+    values: dict[str, Any], runs_dir: Path, *, access: AccessPolicy = UNRESTRICTED, list_files: bool = False
+) -> TrainConfig:
     """The validated TrainConfig of the form's values; ConfigError.field names the field (a form field, or a
     TrainConfig field the form does not show) and the message the fix. `access` says which local paths and
-    downloads the form may use (exposed app: only allowed folders)."""
+    downloads the form may use (exposed app: only allowed folders); list_files (at launch, not per keystroke)
+    also lists a data folder's files."""
     v = {**DEFAULTS, **values}
     num = _numbers(v)
     name = (v["run_name"] or "").strip()
     if name:
         validate_run_name(name)
-    data, data_config, budget = _data_source(v, num, access)
+    data, data_config, budget = _data_source(v, num, access, list_files)
     device, nproc = _device_and_nproc(v, num)
     cfg = TrainConfig(
         run_name=name,
@@ -354,7 +362,7 @@ def launch_run(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
     """Validate and launch; the launched marker (run, time) makes the Monitor tab follow the new run."""
     v = dict(zip(FIELDS, values))
     try:
-        cfg = form_to_config(v, ctx.runs_dir, access=ctx.access)
+        cfg = form_to_config(v, ctx.runs_dir, access=ctx.access, list_files=True)
         job = ctx.jobs.launch(cfg, allow_concurrent=bool(v["allow_concurrent"]))
     except Exception as e:  # bad value, name taken, busy device, disk full: a message, never a trace
         return {**_fields(tab, v.get("preset"), e), tab["message"]: f"⚠ Not launched: {e}"}

@@ -376,3 +376,75 @@ def test_app_with_an_auth_file_keeps_the_secret_out_of_its_command_line(tmp_path
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# --- 13. a filesystem walk per keystroke ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def big_folder(tmp_path):
+    """A corpus folder of 1,200 files in 12 subfolders."""
+    root = tmp_path / "big"
+    for d in range(12):
+        sub = root / f"part-{d}"
+        sub.mkdir(parents=True)
+        for i in range(100):
+            (sub / f"doc-{i}.txt").write_text("some text\n")
+    return root
+
+
+def test_live_preview_checks_the_data_path_without_listing_it(tmp_path, big_folder, monkeypatch):
+    import os
+
+    from playground import train_tab
+    from playground.tab import AppContext
+
+    ctx = AppContext.for_runs_dir(tmp_path / "runs")
+    with gr_blocks():
+        tab = train_tab.build(ctx)
+    listed = []
+    scandir = os.scandir
+
+    def counting_scandir(path="."):
+        listed.append(Path(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    for typed in ("/", str(big_folder), str(big_folder / "part-3")):  # each keystroke runs the preview
+        out = train_tab.preview_form(
+            tab, ctx, *[form(data_source="local", data_path=typed)[n] for n in train_tab.FIELDS]
+        )
+        assert out[tab["message"]] == "", out[tab["message"]]
+    assert not [p for p in listed if p == Path("/") or p.is_relative_to(big_folder)], listed
+    missing = form(data_source="local", data_path=str(big_folder / "nope"))
+    out = train_tab.preview_form(tab, ctx, *[missing[n] for n in train_tab.FIELDS])
+    assert "not found" in out[tab["data_path"]]["info"]  # the cheap check still answers at once
+
+
+def test_launch_lists_the_data_folder_with_a_cap(tmp_path, big_folder, monkeypatch):
+    import core.data
+    from playground import train_tab
+    from playground.tab import AppContext
+
+    ctx = AppContext.for_runs_dir(tmp_path / "runs")
+    with gr_blocks():
+        tab = train_tab.build(ctx)
+    monkeypatch.setattr(train_tab, "MAX_LISTED_FILES", 1000)
+    values = form(data_source="local", data_path=str(big_folder), run_name="big", preset="micro", seq_len=32)
+    out = train_tab.launch_run(tab, ctx, *[values[n] for n in train_tab.FIELDS])
+    assert out[tab["message"]].startswith("⚠ Not launched:") and "more than 1,000 files" in out[tab["message"]]
+    assert "more than 1,000 files" in out[tab["data_path"]]["info"] and not (ctx.runs_dir / "big").exists()
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.md").write_text("not a corpus")
+    values = form(data_source="local", data_path=str(empty), run_name="empty")
+    out = train_tab.launch_run(tab, ctx, *[values[n] for n in train_tab.FIELDS])
+    assert "holds no .txt/.jsonl/.parquet files" in out[tab["data_path"]]["info"]
+    # The CLI's listing has no cap: it reads what it is given.
+    assert len(core.data.source_files(str(big_folder))) == 1200
+
+
+def gr_blocks():
+    import gradio as gr
+
+    return gr.Blocks()
