@@ -187,13 +187,15 @@ def _layout_delete(ctx: AppContext) -> dict[str, Any]:
     }
 
 
-def _layout_import() -> dict[str, Any]:
+def _layout_import(ctx: AppContext) -> dict[str, Any]:
     with gr.Group():
         gr.Markdown("#### Import GPT-2 (Hugging Face format)", padding=True)
         source = gr.Textbox(
             label="Folder or hub id",
             placeholder="gpt2   or   /path/to/folder-with-config.json",
-            info="A hub id downloads (needs internet); a folder works offline",
+            info="A hub id downloads (needs internet); a folder works offline"
+            if ctx.access.downloads_allowed
+            else "A folder under the allowed folders (hub downloads are off on this server)",
         )
         import_name = gr.Textbox("gpt2-imported", label="New run name")
     import_btn = gr.Button("Import", variant="primary")
@@ -244,7 +246,7 @@ def build(ctx: AppContext) -> Tab:
         with gr.Column():
             tab.components |= _layout_delete(ctx)
         with gr.Column():
-            tab.components |= _layout_import()
+            tab.components |= _layout_import(ctx)
         with gr.Column():
             tab.components |= _layout_export(ctx)
     _wire(tab, ctx)

@@ -448,3 +448,17 @@ def gr_blocks():
     import gradio as gr
 
     return gr.Blocks()
+
+
+def test_models_tab_hints_say_what_an_exposed_app_allows(tmp_path):
+    from playground.tab import AppContext
+
+    runs, exports = tmp_path / "runs", tmp_path / "exports"
+    ctx = AppContext.for_runs_dir(runs, AccessPolicy.for_app(runs, exposed=True, exports_dir=exports))
+    with gr_blocks():
+        tab = models_tab.build(ctx)
+    assert "hub downloads are off" in tab["source"].info
+    assert tab["out_dir"].placeholder == f"empty: {exports}/<run>-<checkpoint>" and str(exports) in tab["out_dir"].info
+    with gr_blocks():
+        tab = models_tab.build(AppContext.for_runs_dir(runs))
+    assert "downloads" in tab["source"].info and "the runs folder" in tab["out_dir"].info
