@@ -44,6 +44,7 @@ CACHE_VERSION = 1
 SHARD_TOKENS = 100_000_000  # 200 MB per shard
 POOL_MIN_BYTES = 8_000_000  # below this, one process tokenizes faster than a pool starts
 CHUNK_CHARS = 1_000_000  # text handed to one tokenizer worker at a time
+MAX_LISTED_FILES = 100_000  # the UI lists a data folder at launch, walking no more entries than this
 
 Log = Callable[[str], None]
 
@@ -66,19 +67,38 @@ def _decode(raw: bytes, path: Path, log: Log) -> str:
     return text
 
 
-def source_files(spec: str) -> list[Path]:
-    """The files behind a local source spec ("shakespeare", a file or a folder), sorted."""
+def check_source(spec: str) -> Path:
+    """The file or folder behind a local source spec, checked without listing a folder (cheap: fine per keystroke)."""
     path = BUNDLED.get(spec, Path(spec).expanduser())
     if not path.exists():
         raise DataError(
             f"data source {spec!r} not found; give 'shakespeare', a .txt/.jsonl/.parquet file or a folder "
             "of them, or 'hf:<dataset name>'"
         )
+    if path.is_file() and path.suffix not in TEXT_SUFFIXES:
+        raise DataError(f"{path} is a {path.suffix or 'suffix-less'} file; use a {'/'.join(TEXT_SUFFIXES)} file")
+    return path
+
+
+def source_files(spec: str, limit: int | None = None) -> list[Path]:
+    """The files behind a local source spec ("shakespeare", a file or a folder), sorted.
+
+    With a limit (the UI's launch check), a folder is refused once more than `limit` entries were walked; the CLI
+    walks all of it.
+    """
+    path = check_source(spec)
     if path.is_file():
-        if path.suffix not in TEXT_SUFFIXES:
-            raise DataError(f"{path} is a {path.suffix or 'suffix-less'} file; use a {'/'.join(TEXT_SUFFIXES)} file")
         return [path.resolve()]
-    files = sorted(p.resolve() for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+    files = []
+    for n, p in enumerate(path.rglob("*"), 1):
+        if limit is not None and n > limit:
+            raise DataError(
+                f"folder {path} holds more than {limit:,} files and folders; point at a smaller folder, or train on "
+                "it from a terminal (python -m core.train --data FOLDER), which has no limit"
+            )
+        if p.is_file() and p.suffix in TEXT_SUFFIXES:
+            files.append(p.resolve())
+    files.sort()
     if not files:
         raise DataError(f"folder {path} holds no {'/'.join(TEXT_SUFFIXES)} files; put the corpus there")
     return files

@@ -250,19 +250,32 @@ def export_hf(model_or_path: nn.Module | str | Path, out_dir: str | Path) -> Pat
     """Write config.json + model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads.
 
     model_or_path: a GPT (also compiled/DDP-wrapped), or a run / checkpoint folder of this project.
+    out_dir must be new or empty: nothing is overwritten. The files are written into a temporary folder beside it
+    and renamed into place, so a failed or killed export leaves no half-written folder.
     """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HFError(
+            f"{out} already exists and is not empty; export into a new or empty folder (nothing is overwritten)"
+        )
     if isinstance(model_or_path, nn.Module):
         model = unwrap_model(model_or_path)
     else:
         from core.checkpoint import load_model
 
         model, _ = load_model(model_or_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = state_dict_to_hf(model)
-    dtype = tensors["transformer.wte.weight"].dtype
-    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(hf_config(model.config, dtype), indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.export-{os.urandom(4).hex()}"
+    tmp.mkdir()  # not mkdtemp: the export gets the umask's permissions, not 0700
+    try:
+        tensors = state_dict_to_hf(model)
+        dtype = tensors["transformer.wte.weight"].dtype
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config(model.config, dtype), indent=2) + "\n")
+        os.rename(tmp, out)  # onto a missing or empty folder; fails if out was filled meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 

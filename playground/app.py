@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from core.paths import UNRESTRICTED, AccessPolicy
 from playground import attention_tab, models_tab, monitor_tab, sampling_tab, train_tab
 from playground.tab import AppContext, Tab
 
@@ -26,8 +27,9 @@ def wire_on_open(trigger: Callable[..., Any], tab: Tab) -> None:
         event = start(step.fn, list(step.inputs), list(step.outputs), show_progress="hidden")
 
 
-def build_ui(runs_dir: str | Path) -> gr.Blocks:
-    ctx = AppContext.for_runs_dir(runs_dir)
+def build_ui(runs_dir: str | Path, access: AccessPolicy = UNRESTRICTED) -> gr.Blocks:
+    """The app over one runs folder; `access` limits the local paths and downloads it may use (exposed apps)."""
+    ctx = AppContext.for_runs_dir(runs_dir, access)
     with gr.Blocks(title="GPT-2 Playground") as demo:
         gr.Markdown(HEADER, elem_id="app-header")
         opened: list[tuple[gr.Tab, Tab]] = []

@@ -12,6 +12,7 @@ import gradio as gr
 from core.checkpoint import list_checkpoints, read_state
 from core.hf import export_hf, import_to_run
 from core.jobs import Jobs
+from core.paths import UNRESTRICTED, AccessPolicy
 from playground import actions
 from playground.runs_view import folder_size, list_runs, megabytes
 from playground.tab import AppContext, OnOpen, Tab, bind
@@ -46,14 +47,15 @@ def checkpoint_choices(jobs: Jobs) -> list[tuple[str, str]]:
     ]
 
 
-def import_model(jobs: Jobs, source: str, name: str) -> tuple[str, Path | None]:
-    """Import Hugging Face GPT-2 weights as a new run; (message, run folder or None)."""
+def import_model(jobs: Jobs, source: str, name: str, access: AccessPolicy = UNRESTRICTED) -> tuple[str, Path | None]:
+    """Import Hugging Face GPT-2 weights as a new run; (message, run folder or None). `access` says which folders
+    and downloads an exposed app may use."""
     source, name = (source or "").strip(), (name or "").strip()
     if not source:
         return "⚠ Give a Hugging Face GPT-2 folder or a hub id such as `gpt2`.", None
     try:
-        path = import_to_run(source, jobs.runs_dir, name)
-    except Exception as e:  # HFError (offline, not GPT-2, corrupt), bad name, disk full
+        path = import_to_run(access.check_model_source(source, "source"), jobs.runs_dir, name)
+    except Exception as e:  # outside the allowed folders, HFError (offline, not GPT-2, corrupt), bad name, disk full
         return f"⚠ Import failed: {e}", None
     return (
         f"✅ Imported **{source}** as run **{path.name}**: pick it in Sampling, Attention, or Train → Initialize from.",
@@ -61,8 +63,10 @@ def import_model(jobs: Jobs, source: str, name: str) -> tuple[str, Path | None]:
     )
 
 
-def export_checkpoint(jobs: Jobs, ckpt: str | None, out: str | None) -> str:
-    """Export a checkpoint of this runs folder to a Hugging Face folder (default: <run>/hf-<checkpoint>)."""
+def export_checkpoint(jobs: Jobs, ckpt: str | None, out: str | None, access: AccessPolicy = UNRESTRICTED) -> str:
+    """Export a checkpoint of this runs folder to a new Hugging Face folder. Empty `out`: <run>/hf-<checkpoint>, or
+    <exports folder>/<run>-<checkpoint> with --exports-dir; a relative `out` lands in the exports folder (the runs
+    folder by default), and an exposed app writes nowhere else."""
     if not ckpt:
         return "⚠ Pick a checkpoint to export."
     ck = Path(ckpt)
@@ -70,9 +74,14 @@ def export_checkpoint(jobs: Jobs, ckpt: str | None, out: str | None) -> str:
         run_dir = jobs.run_dir(ck.parent.parent.name)  # refuses paths outside the runs folder
         if ck.parent != run_dir / "ckpt":
             return f"⚠ {ck} is not a checkpoint of a run in {jobs.runs_dir}"
-        target = Path(out.strip()).expanduser() if out and out.strip() else run_dir / f"hf-{ck.name}"
+        if out and out.strip():
+            target = access.check_export(out.strip(), jobs.runs_dir, "out_dir")
+        elif access.exports_dir:
+            target = access.exports_dir / f"{run_dir.name}-{ck.name}"
+        else:
+            target = run_dir / f"hf-{ck.name}"
         written = export_hf(ck, target)
-    except Exception as e:
+    except Exception as e:  # outside the exports folder, not empty, disk full
         return f"⚠ Export failed: {e}"
     return f"✅ Exported to `{written}`: `transformers.GPT2LMHeadModel.from_pretrained({str(written)!r})` loads it."
 
@@ -125,7 +134,7 @@ def delete_confirmed(tab: Tab, ctx: AppContext, name: str | None, ckpt: str | No
 
 def import_and_pick(tab: Tab, ctx: AppContext, source: str, name: str) -> dict[Any, Any]:
     """Import, then show the new run picked with its checkpoint."""
-    message, path = import_model(ctx.jobs, source, name)
+    message, path = import_model(ctx.jobs, source, name, ctx.access)
     if path is None:
         return {tab["import_msg"]: message, **refresh_models(tab, ctx)}
     ckpts = list_checkpoints(path)
@@ -133,7 +142,7 @@ def import_and_pick(tab: Tab, ctx: AppContext, source: str, name: str) -> dict[A
 
 
 def export_picked(tab: Tab, ctx: AppContext, ckpt: str | None, out: str | None) -> dict[Any, Any]:
-    return {tab["export_msg"]: export_checkpoint(ctx.jobs, ckpt, out)}
+    return {tab["export_msg"]: export_checkpoint(ctx.jobs, ckpt, out, ctx.access)}
 
 
 # ----- layout and wiring --------------------------------------------------------------------------------------------
@@ -178,13 +187,15 @@ def _layout_delete(ctx: AppContext) -> dict[str, Any]:
     }
 
 
-def _layout_import() -> dict[str, Any]:
+def _layout_import(ctx: AppContext) -> dict[str, Any]:
     with gr.Group():
         gr.Markdown("#### Import GPT-2 (Hugging Face format)", padding=True)
         source = gr.Textbox(
             label="Folder or hub id",
             placeholder="gpt2   or   /path/to/folder-with-config.json",
-            info="A hub id downloads (needs internet); a folder works offline",
+            info="A hub id downloads (needs internet); a folder works offline"
+            if ctx.access.downloads_allowed
+            else "A folder under the allowed folders (hub downloads are off on this server)",
         )
         import_name = gr.Textbox("gpt2-imported", label="New run name")
     import_btn = gr.Button("Import", variant="primary")
@@ -192,13 +203,15 @@ def _layout_import() -> dict[str, Any]:
 
 
 def _layout_export(ctx: AppContext) -> dict[str, Any]:
+    exports = ctx.access.exports_dir
     with gr.Group():
         gr.Markdown("#### Export to Hugging Face format", padding=True)
         ckpt = gr.Dropdown(checkpoint_choices(ctx.jobs), label="Checkpoint", elem_id="export-ckpt")
         out_dir = gr.Textbox(
             label="Output folder",
-            placeholder="empty: <run>/hf-<checkpoint>",
-            info="config.json + model.safetensors, loadable by transformers",
+            placeholder=f"empty: {exports}/<run>-<checkpoint>" if exports else "empty: <run>/hf-<checkpoint>",
+            info=f"A new folder; a name alone goes into {exports or 'the runs folder'}. "
+            "config.json + model.safetensors, loadable by transformers",
         )
     export_btn = gr.Button("Export", variant="secondary")
     return {"ckpt": ckpt, "out_dir": out_dir, "export_btn": export_btn, "export_msg": gr.Markdown()}
@@ -233,7 +246,7 @@ def build(ctx: AppContext) -> Tab:
         with gr.Column():
             tab.components |= _layout_delete(ctx)
         with gr.Column():
-            tab.components |= _layout_import()
+            tab.components |= _layout_import(ctx)
         with gr.Column():
             tab.components |= _layout_export(ctx)
     _wire(tab, ctx)

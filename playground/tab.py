@@ -20,21 +20,24 @@ from typing import Any
 import gradio as gr
 
 from core.jobs import Jobs
+from core.paths import UNRESTRICTED, AccessPolicy
 
 
 @dataclass(frozen=True)
 class AppContext:
-    """What every tab gets: the runs folder and the one Jobs manager of this app process."""
+    """What every tab gets: the runs folder, the one Jobs manager of this app process, and what the UI may touch
+    on this machine (local paths, downloads: see core.paths)."""
 
     runs_dir: Path
     jobs: Jobs
+    access: AccessPolicy = UNRESTRICTED
 
     @classmethod
-    def for_runs_dir(cls, runs_dir: str | Path) -> AppContext:
+    def for_runs_dir(cls, runs_dir: str | Path, access: AccessPolicy = UNRESTRICTED) -> AppContext:
         """The context of one runs folder (created if missing), with its Jobs."""
         path = Path(runs_dir).expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
-        return cls(path, Jobs(path))
+        return cls(path, Jobs(path), access)
 
 
 @dataclass(frozen=True)

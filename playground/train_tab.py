@@ -15,9 +15,10 @@ import gradio as gr
 
 from core.cli import config_to_flags
 from core.config import PRESETS, ConfigError, ModelConfig, TrainConfig, model_config
-from core.data import DataError, source_files
+from core.data import BUNDLED, MAX_LISTED_FILES, DataError, check_source, source_files
 from core.device import gpu_count
 from core.jobs import Jobs, NameTaken
+from core.paths import UNRESTRICTED, AccessPolicy
 from core.runs import validate_run_name
 from playground import actions
 from playground.runs_view import duration, human, list_runs, run_choices
@@ -154,23 +155,31 @@ def _numbers(v: dict[str, Any]) -> dict[str, int | float]:
     return out
 
 
-def _data_source(v: dict[str, Any], num: dict[str, Any]) -> tuple[str, str | None, int | None]:
-    """(data, data_config, data_token_budget) of the Training data fields."""
+def _data_source(
+    v: dict[str, Any], num: dict[str, Any], access: AccessPolicy, list_files: bool
+) -> tuple[str, str | None, int | None]:
+    """(data, data_config, data_token_budget) of the Training data fields. A data folder is listed (up to
+    MAX_LISTED_FILES entries) only when list_files: the live preview only checks that it exists."""
     if v["data_source"] == "local":
         path = (v["data_path"] or "").strip()
         if not path:
             raise ConfigError(
                 "data path is empty; give a .txt/.jsonl/.parquet file or a folder of them", field="data_path"
             )
+        if access.exposed and path not in BUNDLED:  # the trainer gets the very path that was checked
+            path = str(access.check_read(path, "data_path"))
         try:
-            source_files(path)
+            source_files(path, limit=MAX_LISTED_FILES) if list_files else check_source(path)
         except DataError as e:
             raise ConfigError(str(e), field="data_path") from e
+        except OSError as e:  # a folder that cannot be walked (permissions)
+            raise ConfigError(f"cannot list {path}: {e}; point at a folder you can read", field="data_path") from e
         return path, None, None
     if v["data_source"] == "hf":
         dataset = (v["hf_dataset"] or "").strip().removeprefix("hf:")
         if not dataset:
             raise ConfigError("dataset name is empty; e.g. HuggingFaceFW/fineweb-edu", field="hf_dataset")
+        access.check_download(f"dataset {dataset!r}", "hf_dataset")
         if num["hf_token_budget"] < 1:
             raise ConfigError("token budget must be >= 1: a streamed dataset needs a cap", field="hf_token_budget")
         return f"hf:{dataset}", (v["hf_config"] or "").strip() or None, num["hf_token_budget"]
@@ -191,8 +200,10 @@ def _device_and_nproc(v: dict[str, Any], num: dict[str, Any]) -> tuple[str, int]
     return device, nproc
 
 
-def _init_from(v: dict[str, Any]) -> str:
+def _init_from(v: dict[str, Any], access: AccessPolicy) -> str:
     init_from = (v["init_from"] or "scratch").strip() or "scratch"
+    if init_from != "scratch":
+        init_from = access.check_model_source(init_from, "init_from")
     looks_like_path = init_from.startswith((".", "~", "/")) or init_from.count("/") > 1
     if init_from != "scratch" and looks_like_path and not Path(init_from).expanduser().exists():
         raise ConfigError(
@@ -202,15 +213,19 @@ def _init_from(v: dict[str, Any]) -> str:
     return init_from
 
 
-def form_to_config(values: dict[str, Any], runs_dir: Path) -> TrainConfig:
+def form_to_config(
+    values: dict[str, Any], runs_dir: Path, *, access: AccessPolicy = UNRESTRICTED, list_files: bool = False
+) -> TrainConfig:
     """The validated TrainConfig of the form's values; ConfigError.field names the field (a form field, or a
-    TrainConfig field the form does not show) and the message the fix."""
+    TrainConfig field the form does not show) and the message the fix. `access` says which local paths and
+    downloads the form may use (exposed app: only allowed folders); list_files (at launch, not per keystroke)
+    also lists a data folder's files."""
     v = {**DEFAULTS, **values}
     num = _numbers(v)
     name = (v["run_name"] or "").strip()
     if name:
         validate_run_name(name)
-    data, data_config, budget = _data_source(v, num)
+    data, data_config, budget = _data_source(v, num, access, list_files)
     device, nproc = _device_and_nproc(v, num)
     cfg = TrainConfig(
         run_name=name,
@@ -233,7 +248,7 @@ def form_to_config(values: dict[str, Any], runs_dir: Path) -> TrainConfig:
         ckpt_interval=num["ckpt_interval"],
         sample_interval=num["sample_interval"],
         seed=num["seed"],
-        init_from=_init_from(v),
+        init_from=_init_from(v, access),
         device=device,
         nproc=nproc,
     )
@@ -314,7 +329,7 @@ def preview_form(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
     """Live: validation next to the field, the batch arithmetic and the exact command."""
     v = dict(zip(FIELDS, values))
     try:
-        cfg = form_to_config(v, ctx.runs_dir)
+        cfg = form_to_config(v, ctx.runs_dir, access=ctx.access)
     except ConfigError as e:
         message = "⚠ Fix the highlighted field before launching." if e.field in FIELDS else f"⚠ {e}"
         return {**_fields(tab, v.get("preset"), e), tab["batch_md"]: "", tab["message"]: message}
@@ -347,7 +362,7 @@ def launch_run(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
     """Validate and launch; the launched marker (run, time) makes the Monitor tab follow the new run."""
     v = dict(zip(FIELDS, values))
     try:
-        cfg = form_to_config(v, ctx.runs_dir)
+        cfg = form_to_config(v, ctx.runs_dir, access=ctx.access, list_files=True)
         job = ctx.jobs.launch(cfg, allow_concurrent=bool(v["allow_concurrent"]))
     except Exception as e:  # bad value, name taken, busy device, disk full: a message, never a trace
         return {**_fields(tab, v.get("preset"), e), tab["message"]: f"⚠ Not launched: {e}"}

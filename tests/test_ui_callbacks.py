@@ -448,9 +448,10 @@ def test_app_flags_and_exposure_warning():
         False,
         None,
     )
-    assert app.exposure_warning(args) is None
-    assert "without --auth" in app.exposure_warning(app.parse_args(["--host", "0.0.0.0"]))
-    assert "public share link" in app.exposure_warning(app.parse_args(["--share"]))
-    assert app.exposure_warning(app.parse_args(["--host", "0.0.0.0", "--auth", "a:b"])) is None
+    assert app.exposure_warning(args, []) is None
+    assert "without a login" in app.exposure_warning(app.parse_args(["--host", "0.0.0.0"]), [])
+    assert "public share link" in app.exposure_warning(app.parse_args(["--share"]), [])
+    exposed = app.parse_args(["--host", "0.0.0.0", "--auth", "a:b"])
+    assert app.exposure_warning(exposed, app.credentials(exposed, {})) is None
     with pytest.raises(SystemExit):
         app.parse_args(["--auth", "no-colon"])
