@@ -21,6 +21,7 @@ from core.jobs import Jobs
 from core.model import GPT
 from core.tokenizer import decode, encode
 from playground import attention_tab, figures, sampling_tab
+from playground.app import build_ui
 from playground.model_cache import CACHE, ModelCache, ModelError, list_models, refresh_choices, resolve_choice
 from playground.model_picker import refresh_model_choices
 from playground.sampling_tab import build_config, run_generation
@@ -314,6 +315,13 @@ def test_model_picker_lists_the_runs_of_the_apps_jobs(tmp_path):
     found = refresh_model_choices(tab, ctx, "gone-run")
     assert found[tab["model"]]["value"] == "late-run" and not found[tab["model_missing"]]["visible"]
     assert refresh_model_choices(tab, ctx, "late-run")[tab["model"]]["value"] == "late-run"
+
+
+def test_models_load_when_sampling_or_attention_opens_never_on_page_load(tmp_path):
+    demo = build_ui(tmp_path / "runs")
+    events = [event for fn in demo.fns.values() if fn.name == "refresh_model_choices" for _, event in fn.targets]
+    # Each tab's ⟳ and its opening; the Sampling chart (which loads a model) is chained after the latter.
+    assert sorted(events) == ["click", "click", "select", "select"]
 
 
 def test_model_cache_is_lru_and_reloads_resaved_weights(tmp_path):
