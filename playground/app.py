@@ -33,6 +33,9 @@ def build_ui(runs_dir: str | Path, access: AccessPolicy = UNRESTRICTED) -> gr.Bl
     with gr.Blocks(title="GPT-2 Playground") as demo:
         gr.Markdown(HEADER, elem_id="app-header")
         opened: list[tuple[gr.Tab, Tab]] = []
+        # Opening Sampling loads a model (for its next-token chart): these run when the tab is opened, never on
+        # page load, so a person who only trains never pays for a model in memory.
+        opened_lazily: list[tuple[gr.Tab, Tab]] = []
         with gr.Tabs(selected="train") as tabs:
             with gr.Tab("Train", id="train") as item:
                 train = train_tab.build(ctx)
@@ -40,16 +43,18 @@ def build_ui(runs_dir: str | Path, access: AccessPolicy = UNRESTRICTED) -> gr.Bl
             with gr.Tab("Monitor", id="monitor") as item:
                 monitor = monitor_tab.build(ctx)
                 opened.append((item, monitor))
-            with gr.Tab("Sampling", id="sampling"):
-                sampling_tab.build_tab(ctx.runs_dir)  # wires its own tab-open events (model picker)
-            with gr.Tab("Attention", id="attention"):
-                attention_tab.build_tab(ctx.runs_dir)
+            with gr.Tab("Sampling", id="sampling") as item:
+                opened_lazily.append((item, sampling_tab.build(ctx)))
+            with gr.Tab("Attention", id="attention") as item:
+                opened_lazily.append((item, attention_tab.build(ctx)))
             with gr.Tab("Models", id="models") as item:
                 opened.append((item, models_tab.build(ctx)))
 
         for item, tab in opened:
             wire_on_open(item.select, tab)
             wire_on_open(demo.load, tab)
+        for item, tab in opened_lazily:
+            wire_on_open(item.select, tab)
         # A launched (or resumed) run opens in Monitor, which follows it live.
         monitor_tab.follow(monitor, ctx, train["launched"]).then(
             lambda: gr.Tabs(selected=monitor.id), None, tabs, queue=False

@@ -1,7 +1,8 @@
-"""Plotly figures from metrics.jsonl records: smoothed loss curves and the training-health panels.
+"""The plotly figures of every tab: Monitor's loss curves and training-health panels, Sampling's next-token bars,
+Attention's heatmaps and per-head summaries.
 
-Pure functions of the records (no Gradio), so they are unit-tested on real metrics files. Only the drawing is
-downsampled; the records themselves are never thinned.
+Pure functions of their data (no Gradio), so they are unit-tested on real metrics files, logits and attention
+maps. Only the drawing is downsampled; the records themselves are never thinned.
 """
 
 from __future__ import annotations
@@ -10,8 +11,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
+import torch
 from plotly.subplots import make_subplots
+
+from core.attention import AttentionResult, induction_scores, previous_token_scores, token_label
+from core.generation import SamplingConfig, filter_probs
 
 X_AXES = {"step": "Step", "tokens": "Tokens", "time": "Wall time (min)"}
 MAX_POINTS = 1500  # per trace; browsers stay smooth and a 100k-step run still shows its spikes
@@ -19,6 +26,8 @@ COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca
 FONT = dict(family="Inter, system-ui, sans-serif", size=13, color="#1f2937")
 
 Records = Sequence[dict[str, Any]]
+
+# ----- Monitor: loss curves and training health from metrics records -----------------------------------------------
 
 
 def _finite(v: Any) -> bool:
@@ -247,3 +256,153 @@ def health_figure(
 
 def _has(records: Records, key: str) -> bool:
     return any(r.get("kind") == "train" and _finite(r.get(key)) for r in records)
+
+
+# ----- Sampling: the next-token distribution ----------------------------------------------------------------------
+
+TOP_BARS = 15  # candidates drawn in the next-token chart
+
+
+def candidates_figure(logits: torch.Tensor, cfg: SamplingConfig, actual: int | None = None) -> go.Figure:
+    """The most likely next tokens: the model's probability (temperature 1) and the one sampled from."""
+    raw = logits.softmax(-1)
+    final = filter_probs(logits[None], cfg)[0]
+    order = torch.argsort(torch.maximum(raw, final), descending=True)[:TOP_BARS].tolist()
+    labels = [f"{r + 1}. {token_label(t)[:18]}" for r, t in enumerate(order)]
+    marks = ["  ← actual" if t == actual else "" for t in order]
+    fig = go.Figure()
+    fig.add_bar(
+        y=labels,
+        x=[raw[t].item() for t in order],
+        orientation="h",
+        name="model (temperature 1)",
+        marker_color="#cbd5e1",
+        hovertemplate="%{y}: %{x:.2%}<extra>model</extra>",
+    )
+    fig.add_bar(
+        y=labels,
+        x=[final[t].item() for t in order],
+        orientation="h",
+        name="sampled from (your settings)",
+        marker_color="#2563eb",
+        text=[f"{final[t].item():.1%}{m}" for t, m in zip(order, marks)],
+        textposition="outside",
+        cliponaxis=False,
+        hovertemplate="%{y}: %{x:.2%}<extra>sampled from</extra>",
+    )
+    fig.update_layout(
+        barmode="group",
+        bargap=0.25,
+        bargroupgap=0.05,
+        height=470,
+        margin=dict(l=10, r=40, t=10, b=10),
+        legend=dict(orientation="h", y=-0.08, x=0),
+        plot_bgcolor="white",
+        xaxis=dict(
+            tickformat=".0%", range=[0, min(1.0, max(final.max().item(), raw.max().item()) * 1.25)], gridcolor="#eef2f7"
+        ),
+        yaxis=dict(autorange="reversed", tickfont=dict(family="monospace", size=12)),
+    )
+    return fig
+
+
+# ----- Attention: one head's map, and one number per head ---------------------------------------------------------
+
+# Weights near the attention sink (first token) are large and most others small, so colours follow
+# sqrt(weight): position p of the scale shows weight p², keeping weak patterns visible. Hover shows true values.
+BLUES = [tuple(int(c) for c in s[4:-1].split(",")) for s in plotly.colors.sequential.Blues]  # (r, g, b), light first
+COLORSCALE = [[(i / (len(BLUES) - 1)) ** 2, f"rgb{c}"] for i, c in enumerate(BLUES)]
+SUMMARIES = ("Entropy", "Previous-token score", "Induction score")
+
+
+def message_figure(text: str) -> go.Figure:
+    """An empty plot with a grey message in the middle (before the first result, or when there is none)."""
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, font=dict(size=14, color="#6b7280"), x=0.5, y=0.5)
+    fig.update_layout(
+        xaxis=dict(visible=False),
+        yaxis=dict(visible=False),
+        height=320,
+        plot_bgcolor="white",
+        margin=dict(l=10, r=10, t=10, b=10),
+    )
+    return fig
+
+
+def _axis_labels(result: AttentionResult) -> list[str]:
+    """Unique category labels (position first): a repeated token must not merge two rows."""
+    return [f"{i} {lab[:14]}" for i, lab in enumerate(result.labels)]
+
+
+def heatmap_figure(result: AttentionResult, layer: int, head: int, average: bool) -> go.Figure:
+    """One layer/head (or the mean over the layer's heads): rows are queries, columns keys."""
+    layer = min(max(int(layer), 0), result.n_layer - 1)
+    head = min(max(int(head), 0), result.n_head - 1)
+    z = result.probs[layer].mean(0) if average else result.probs[layer, head]
+    z = np.where(np.tri(len(z), dtype=bool), z, np.nan)  # the masked future is blank, not "zero"
+    labels = _axis_labels(result)
+    title = f"Layer {layer}, mean over {result.n_head} heads" if average else f"Layer {layer}, head {head}"
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=labels,
+            y=labels,
+            colorscale=COLORSCALE,
+            zmin=0,
+            zmax=1,
+            hoverongaps=False,
+            hovertemplate="query: %{y}<br>key: %{x}<br>weight: %{z:.4f}<extra></extra>",
+            colorbar=dict(title=dict(text="weight"), thickness=12),
+        )
+    )
+    side = int(min(680, max(420, 200 + 12 * len(labels))))  # about square in the tab's left column
+    fig.update_layout(
+        title=dict(text=title, x=0.5, font=dict(size=15)),
+        height=side,
+        margin=dict(l=10, r=10, t=44, b=10),
+        plot_bgcolor="#f3f4f6",
+        xaxis=dict(title="key (attended to)", tickangle=-60, tickfont=dict(size=10), showgrid=False),
+        yaxis=dict(title="query", autorange="reversed", tickfont=dict(size=10), showgrid=False),
+        uirevision=f"{id(result)}",  # keep zoom while switching heads of the same input
+    )
+    return fig
+
+
+def head_scores(result: AttentionResult, kind: str) -> np.ndarray:
+    """(L, H): one of SUMMARIES for every head."""
+    if kind == "Previous-token score":
+        return previous_token_scores(result.probs)
+    if kind == "Induction score":
+        return induction_scores(result.probs, result.tokens)
+    return result.entropy
+
+
+def summary_figure(result: AttentionResult, kind: str) -> go.Figure:
+    """A layer x head heatmap of one per-head number."""
+    z = head_scores(result, kind)
+    L, H = z.shape
+    if kind == "Entropy":
+        zmax, colorscale, fmt, unit = float(np.log(len(result.tokens))) or 1.0, "Viridis", ".2f", " nats"
+    else:
+        zmax, colorscale, fmt, unit = 1.0, "Magma", ".2f", ""
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(H)),
+            y=list(range(L)),
+            zmin=0,
+            zmax=zmax,
+            colorscale=colorscale,
+            texttemplate=f"%{{z:{fmt}}}" if L * H <= 64 else None,
+            textfont=dict(size=10),
+            hovertemplate=f"layer %{{y}}, head %{{x}}<br>{kind.lower()}: %{{z:.3f}}{unit}<extra></extra>",
+            colorbar=dict(thickness=12),
+        )
+    )
+    fig.update_layout(
+        height=int(min(520, max(260, 90 + 26 * L))),
+        margin=dict(l=10, r=10, t=10, b=10),
+        xaxis=dict(title="head", dtick=1 if H <= 16 else None, showgrid=False),
+        yaxis=dict(title="layer", autorange="reversed", dtick=1 if L <= 16 else None, showgrid=False),
+    )
+    return fig

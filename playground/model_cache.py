@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import MODEL_FILE, CheckpointError, list_checkpoints, load_model, read_state
-from core.config import ModelConfig
+from core.config import ConfigError, ModelConfig
 from core.device import pick_device
 from core.jobs import JobError, Jobs
 from core.lru import LRU
@@ -37,11 +37,11 @@ class LoadedModel:
     key: tuple[str, int]  # (checkpoint folder, weights mtime): identifies these exact weights
 
 
-def _training(runs_dir: Path, name: str) -> bool:
+def _training(jobs: Jobs, name: str) -> bool:
     """Whether the run is training now, as core.jobs judges it (a live process, not a stale status.json)."""
     try:
-        return Jobs(runs_dir).status(name).active
-    except JobError:  # deleted meanwhile
+        return jobs.status(name).active
+    except (JobError, ConfigError):  # deleted meanwhile, or a folder name that is no run name
         return False
 
 
@@ -59,10 +59,10 @@ def _step_of(ckpt: Path) -> int:
         return -1
 
 
-def list_models(runs_dir: str | Path) -> list[tuple[str, str]]:
-    """(label, value) pairs for a dropdown: every run with weights, newest first; for each its latest
-    checkpoint (followed while the run trains), then its older checkpoints."""
-    root = Path(runs_dir)
+def list_models(jobs: Jobs) -> list[tuple[str, str]]:
+    """(label, value) pairs for a dropdown: every run of jobs' runs folder with weights, newest first; for each
+    its latest checkpoint (followed while the run trains), then its older checkpoints."""
+    root = jobs.runs_dir
     if not root.is_dir():
         return []
     runs = []
@@ -82,7 +82,7 @@ def list_models(runs_dir: str | Path) -> list[tuple[str, str]]:
         if state.get("imported"):
             what = f"imported from {state.get('source', 'Hugging Face')}"
         else:
-            training = ", training…" if _training(root, run.name) else ""
+            training = ", training…" if _training(jobs, run.name) else ""
             what = f"latest (step {_step_of(ckpts[-1])}{training})"
         choices.append((f"{run.name} · {what} · {size}", run.name))
         for c in reversed(ckpts[:-1]):
@@ -148,10 +148,10 @@ class ModelCache:
 CACHE = ModelCache()  # shared by the Sampling and Attention tabs of one app process
 
 
-def refresh_choices(runs_dir: str | Path, current: str | None) -> tuple[list[tuple[str, str]], str | None, str]:
+def refresh_choices(jobs: Jobs, current: str | None) -> tuple[list[tuple[str, str]], str | None, str]:
     """Dropdown choices, the value to show (current if still there, else the newest) and a message:
     empty when models exist, otherwise how to get one."""
-    choices = list_models(runs_dir)
+    choices = list_models(jobs)
     values = [v for _, v in choices]
     value = current if current in values else (values[0] if values else None)
-    return choices, value, "" if choices else no_models_message(runs_dir)
+    return choices, value, "" if choices else no_models_message(jobs.runs_dir)

@@ -1,5 +1,5 @@
-"""The Sampling tab's callbacks (form -> core.generation, streaming, next-token view) and the model list/cache
-shared with the Attention tab, on real checkpoints written to a temporary runs folder."""
+"""The Sampling tab's callbacks (form -> core.generation, streaming, next-token view), the Attention tab's
+callbacks, and the model list/cache they share, on real checkpoints written to a temporary runs folder."""
 
 import json
 import os
@@ -7,21 +7,25 @@ import re
 import time
 from html import unescape
 
+import gradio as gr
 import numpy as np
 import psutil
 import pytest
 import torch
 
-from core.attention import attention_maps
+from core.attention import attention_maps, previous_token_scores, repeated_random_tokens
 from core.checkpoint import save_checkpoint
 from core.config import model_config
-from core.generation import SamplingConfig, filter_probs, generate, stream
+from core.generation import SamplingConfig, filter_probs, generate, prompt_tokens, stream
+from core.jobs import Jobs
 from core.model import GPT
-from core.tokenizer import encode
-from playground import sampling_tab
-from playground.attention_tab import show_callback
+from core.tokenizer import decode, encode
+from playground import attention_tab, figures, sampling_tab
+from playground.app import build_ui
 from playground.model_cache import CACHE, ModelCache, ModelError, list_models, refresh_choices, resolve_choice
-from playground.sampling_tab import build_config, generate_callback, preview_callback, run_generation, stop_callback
+from playground.model_picker import refresh_model_choices
+from playground.sampling_tab import build_config, run_generation
+from playground.tab import AppContext
 
 
 def _save(runs, name, step, seed=0, **state):
@@ -38,6 +42,49 @@ def runs(tmp_path_factory):
     _save(runs, "micro-run", 20, seed=3)
     (runs / "empty-run").mkdir()  # a run without checkpoints is not offered
     return runs
+
+
+def _built(runs_dir, module):
+    """A tab built for real (inside Blocks) over runs_dir, and its context."""
+    ctx = AppContext.for_runs_dir(runs_dir)
+    with gr.Blocks():
+        tab = module.build(ctx)
+    return tab, ctx
+
+
+@pytest.fixture(scope="module")
+def sampling(runs):
+    return _built(runs, sampling_tab)
+
+
+@pytest.fixture(scope="module")
+def attention(runs):
+    return _built(runs, attention_tab)
+
+
+def generate_callback(ui, *args):
+    """The Generate button's stream as (samples HTML or None when left unchanged, status) pairs."""
+    tab, ctx = ui
+    for out in sampling_tab.generate_samples(tab, ctx, *args):
+        yield out.get(tab["output"]), out[tab["status"]]
+
+
+def stop_callback(ui):
+    sampling_tab.stop_generation(*ui, None)  # the Stop button of the same (here: local) session
+
+
+def preview_callback(ui, *args):
+    """The next-token view as (figure, note, chips); the figure and chips are None when left unchanged."""
+    tab, ctx = ui
+    out = sampling_tab.show_next_token(tab, ctx, *args)
+    return out.get(tab["chart"]), out[tab["chart_note"]], out.get(tab["chips"])
+
+
+def show_callback(ui, *args):
+    """Show attention's outputs in SHOW_OUTPUTS order (None for those left unchanged)."""
+    tab, ctx = ui
+    out = attention_tab.show_attention(tab, ctx, *args)
+    return [out.get(tab[name]) for name in attention_tab.SHOW_OUTPUTS]
 
 
 def _completions(html_text: str) -> list[str]:
@@ -87,11 +134,11 @@ def test_build_config_rejects_bad_values(args, message):
 # --- generation through the UI callback ----------------------------------------------------------
 
 
-def test_same_seed_same_text_through_the_callback(runs):
+def test_same_seed_same_text_through_the_callback(runs, sampling):
     args = ("micro-run", "Hello there", 0.9, 0, 1.0, 12, 123, "", False, 2)
-    first = _final(generate_callback(runs, *args))
-    again = _final(generate_callback(runs, *args))
-    other = _final(generate_callback(runs, *args[:6], 124, *args[7:]))
+    first = _final(generate_callback(sampling, *args))
+    again = _final(generate_callback(sampling, *args))
+    other = _final(generate_callback(sampling, *args[:6], 124, *args[7:]))
     texts = _completions(first[0])
     assert len(texts) == 2 and all(texts) and texts == _completions(again[0])
     assert texts != _completions(other[0])
@@ -102,12 +149,12 @@ def test_same_seed_same_text_through_the_callback(runs):
     assert texts == generate(model, "Hello there", cfg)
 
 
-def test_greedy_and_top_k_reach_core_sampling(runs):
+def test_greedy_and_top_k_reach_core_sampling(runs, sampling):
     model = CACHE.get(runs, "micro-run").model
-    greedy = _final(generate_callback(runs, "micro-run", "Once", 0, 5, 0.5, 12, 1, "", False, 1))
+    greedy = _final(generate_callback(sampling, "micro-run", "Once", 0, 5, 0.5, 12, 1, "", False, 1))
     assert _completions(greedy[0]) == generate(model, "Once", SamplingConfig(max_new_tokens=12, temperature=0))
     assert "top-k and top-p have no effect" in greedy[1]
-    top_k = _final(generate_callback(runs, "micro-run", "Once", 1.3, 3, 1.0, 12, 9, "", False, 1))
+    top_k = _final(generate_callback(sampling, "micro-run", "Once", 1.3, 3, 1.0, 12, 9, "", False, 1))
     cfg = SamplingConfig(max_new_tokens=12, temperature=1.3, top_k=3, seed=9, stop_at_eot=False)
     assert _completions(top_k[0]) == generate(model, "Once", cfg)
 
@@ -115,18 +162,18 @@ def test_greedy_and_top_k_reach_core_sampling(runs):
 def test_streaming_yields_growing_text(runs, monkeypatch):
     monkeypatch.setattr(sampling_tab, "MIN_UPDATE_S", 0.0)  # one update per token
     cfg = build_config(1.0, 0, 1.0, 15, 5, "", False, 1)
-    outs = list(run_generation(runs, "micro-run", "abc", cfg))
+    outs = list(run_generation(CACHE.get(runs, "micro-run"), "abc", cfg))
     lengths = [len(_completions(o.html)[0]) for o in outs]
     assert len(outs) == 16 and lengths == sorted(lengths) and lengths[-1] > lengths[0]
     assert outs[0].status.startswith("Generating") and outs[-1].status.startswith("Done")
     assert "reached max new tokens" in outs[-1].html
 
 
-def test_stop_ends_the_stream_early(runs, monkeypatch):
+def test_stop_ends_the_stream_early(sampling, monkeypatch):
     monkeypatch.setattr(sampling_tab, "MIN_UPDATE_S", 0.0)
-    gen = generate_callback(runs, "micro-run", "abc", 1.0, 0, 1.0, 500, 5, "", False, 1)
+    gen = generate_callback(sampling, "micro-run", "abc", 1.0, 0, 1.0, 500, 5, "", False, 1)
     seen = [next(gen) for _ in range(4)]  # "Starting…" and three tokens
-    stop_callback(None)  # the Stop button of the same (here: local) session
+    stop_callback(sampling)
     rest = list(gen)
     html_text, status = rest[-1]
     assert len(rest) <= 2 and status.startswith("Stopped") and "stopped" in html_text
@@ -134,49 +181,95 @@ def test_stop_ends_the_stream_early(runs, monkeypatch):
     assert not sampling_tab._STOP_FLAGS  # the flag is gone once the run ended
 
 
-def test_prompt_longer_than_the_context_window(runs):
+def test_prompt_longer_than_the_context_window(sampling):
     long_prompt = " word" * 100  # 100 tokens; micro's context window is 32
-    html_text, status = _final(generate_callback(runs, "micro-run", long_prompt, 1.0, 0, 1.0, 40, 1, "", False, 1))
+    html_text, status = _final(generate_callback(sampling, "micro-run", long_prompt, 1.0, 0, 1.0, 40, 1, "", False, 1))
     assert len(_completions(html_text)[0]) > 0
     assert "longer than the context window (32)" in status and "slid" in status
 
 
-def test_bad_input_and_missing_model_give_messages(runs, tmp_path):
-    outs = list(generate_callback(runs, "micro-run", "x", 1.0, -3, 1.0, 10, 1, "", True, 1))
+def test_bad_input_and_missing_model_give_messages(sampling, tmp_path):
+    outs = list(generate_callback(sampling, "micro-run", "x", 1.0, -3, 1.0, 10, 1, "", True, 1))
     assert len(outs) == 1 and outs[0][1].startswith("⚠") and "top-k" in outs[0][1]
-    outs = list(generate_callback(tmp_path, None, "x", 1.0, 0, 1.0, 10, 1, "", True, 1))
+    outs = list(generate_callback(_built(tmp_path, sampling_tab), None, "x", 1.0, 0, 1.0, 10, 1, "", True, 1))
     assert "no model selected" in outs[-1][1]
-    outs = list(generate_callback(runs, "../../etc", "x", 1.0, 0, 1.0, 10, 1, "", True, 1))
+    outs = list(generate_callback(sampling, "../../etc", "x", 1.0, 0, 1.0, 10, 1, "", True, 1))
     assert "outside the runs folder" in outs[-1][1]
-    _, note, _ = preview_callback(runs, "gone-run", "x", 1.0, 0, 1.0, -1)
+    _, note, _ = preview_callback(sampling, "gone-run", "x", 1.0, 0, 1.0, -1)
     assert "no longer exists" in note
 
 
 # --- next-token view -----------------------------------------------------------------------------
 
 
-def test_preview_shows_the_filtered_distribution(runs):
-    fig, note, chips = preview_callback(runs, "micro-run", "The quick brown fox", 0.8, 5, 1.0, -1)
+def test_preview_shows_the_filtered_distribution(runs, sampling):
+    fig, note, chips = preview_callback(sampling, "micro-run", "The quick brown fox", 0.8, 5, 1.0, -1)
     model, raw_bars, final_bars = CACHE.get(runs, "micro-run").model, fig.data[0], fig.data[1]
     assert "**5** of 50,257 tokens" in note and "the end of the prompt" in note
-    tokens = sampling_tab.prompt_tokens("The quick brown fox")
+    tokens = prompt_tokens("The quick brown fox")
     with torch.no_grad():
         logits = model(torch.tensor([tokens])).logits[0, -1]
     expected = filter_probs(logits[None], SamplingConfig(temperature=0.8, top_k=5))[0]
     assert sorted(final_bars.x, reverse=True)[:5] == pytest.approx(expected.topk(5).values.tolist(), abs=1e-6)
-    assert sum(final_bars.x) == pytest.approx(1.0, abs=1e-5) and len(raw_bars.x) == sampling_tab.TOP_BARS
+    assert sum(final_bars.x) == pytest.approx(1.0, abs=1e-5) and len(raw_bars.x) == figures.TOP_BARS
     assert chips.count("data-pos=") == len(tokens) and 'class="chip selected" data-pos="3"' in chips
     # A position inside the prompt: the distribution after "The" and the token that really follows.
-    _, note, chips = preview_callback(runs, "micro-run", "The quick brown fox", 0, 0, 1.0, 0)
+    _, note, chips = preview_callback(sampling, "micro-run", "The quick brown fox", 0, 0, 1.0, 0)
     assert "token 0" in note and "quick" in note and 'class="chip selected" data-pos="0"' in chips
     assert "**1** of 50,257" in note  # greedy keeps one token
+
+
+def test_clicking_a_prompt_token_picks_its_position(sampling):
+    tab, ctx = sampling
+    clicked = gr.EventData(tab["chips"], {"pos": 2})  # what PROMPT_CHIPS_JS sends
+    assert sampling_tab.pick_prompt_token(tab, ctx, clicked) == {tab["position"]: 2}
+    assert sampling_tab.forget_picked_token(tab, ctx) == {tab["position"]: -1}
+
+
+# --- attention: redraws of a kept result, clicks on the grid, the induction probe ----------------------------------
+
+
+def test_attention_redraws_the_kept_result(runs, attention):
+    tab, ctx = attention
+    text = "one two three one two three"
+    shown = attention_tab.show_attention(tab, ctx, "micro-run", text, 5, 9, False, "Entropy")
+    assert shown[tab["layer"]]["value"] == 1 and shown[tab["head"]]["value"] == 1  # clamped to micro's 2 x 2
+    key = shown[tab["key"]]
+    maps = attention_maps(CACHE.get(runs, "micro-run").model, encode(text))
+    # A click on the overview grid (what GRID_JS sends) opens that head in the sliders and the big heatmap.
+    clicked = attention_tab.open_clicked_head(tab, ctx, key, gr.EventData(tab["grid"], {"layer": 1, "head": 0}))
+    assert (clicked[tab["layer"]], clicked[tab["head"]], clicked[tab["average"]]) == (1, 0, False)
+    heatmap = clicked[tab["heatmap"]]
+    assert heatmap.layout.title.text == "Layer 1, head 0"
+    z = np.array(heatmap.data[0].z, dtype=float)
+    causal = np.tri(len(maps.tokens), dtype=bool)
+    assert np.allclose(z[causal], maps.probs[1, 0][causal], atol=1e-6) and np.isnan(z[~causal]).all()
+    mean = attention_tab.redraw_heatmap(tab, ctx, key, 1, 0, True)[tab["heatmap"]]
+    assert mean.layout.title.text == "Layer 1, mean over 2 heads"
+    summary = attention_tab.redraw_summary(tab, ctx, key, "Previous-token score")
+    expected = previous_token_scores(maps.probs)
+    assert np.allclose(np.array(summary[tab["summary"]].data[0].z, dtype=float), expected, atol=1e-6)
+    assert "Highest: L" in summary[tab["summary_note"]]
+    # A result no longer kept (evicted, or the server restarted) asks to press the button again.
+    gone = attention_tab.redraw_heatmap(tab, ctx, "no-such-key", 0, 0, False)[tab["heatmap"]]
+    assert gone.layout.annotations[0].text == "Press Show attention"
+
+
+def test_induction_probe_fits_the_context_window(runs, attention):
+    tab, ctx = attention
+    probe = attention_tab.fill_induction_probe(tab, ctx, "micro-run", 7)
+    # micro's window is 32 tokens: <|endoftext|> and 15 random tokens twice.
+    assert probe[tab["text"]] == decode(repeated_random_tokens(15, 7)) and probe[tab["probe_seed"]] == 8
+    assert len(encode(probe[tab["text"]])) == 31
+    no_model = attention_tab.fill_induction_probe(tab, ctx, None, 0)  # Show attention will say what is wrong
+    assert len(encode(no_model[tab["text"]])) == 1 + 2 * attention_tab.PROBE_REPEATS
 
 
 # --- model list and cache ------------------------------------------------------------------------
 
 
 def test_list_models_offers_runs_with_weights(runs):
-    choices = list_models(runs)
+    choices = list_models(Jobs(runs))
     values = [v for _, v in choices]
     assert values == ["micro-run", "micro-run/ckpt/step-000010", "older"]
     assert choices[0][0].startswith("micro-run · latest (step 20)") and "2 layers × 2 heads" in choices[0][0]
@@ -194,7 +287,7 @@ def test_list_models_marks_training_and_imported_runs(tmp_path):
     dead = {**job, "pid": 2**22 + 12345, "start_time": 1.0}
     (tmp_path / "crashed" / "status.json").write_text(json.dumps(dead))
     _save(tmp_path, "gpt2-import", 0, imported=True, source="gpt2")
-    labels = dict((v, label) for label, v in list_models(tmp_path))
+    labels = dict((v, label) for label, v in list_models(Jobs(tmp_path)))
     assert "training…" in labels["training"] and "imported from gpt2" in labels["gpt2-import"]
     assert "training…" not in labels["crashed"]
     # A still-training run is followed: its entry loads the newest checkpoint once one appears.
@@ -205,12 +298,30 @@ def test_list_models_marks_training_and_imported_runs(tmp_path):
 
 
 def test_no_checkpoint_message(tmp_path):
-    choices, value, message = refresh_choices(tmp_path, "whatever")
+    choices, value, message = refresh_choices(Jobs(tmp_path), "whatever")
     assert choices == [] and value is None
     assert "No checkpoint" in message and "Train" in message and "Import GPT-2" in message
-    assert refresh_choices(tmp_path / "missing", None)[0] == []
-    html_out = show_callback(tmp_path, None, "some text", 0, 0, False, "Entropy")
+    assert refresh_choices(Jobs(tmp_path / "missing"), None)[0] == []
+    html_out = show_callback(_built(tmp_path, attention_tab), None, "some text", 0, 0, False, "Entropy")
     assert "no model selected" in html_out[0]
+
+
+def test_model_picker_lists_the_runs_of_the_apps_jobs(tmp_path):
+    tab, ctx = _built(tmp_path, attention_tab)
+    assert tab.on_open[0].fn.__name__ == "refresh_model_choices"  # opening the tab refreshes the list
+    empty = refresh_model_choices(tab, ctx, None)
+    assert empty[tab["model"]]["choices"] == [] and empty[tab["model_missing"]]["visible"]
+    _save(ctx.runs_dir, "late-run", 3)  # saved while the app runs
+    found = refresh_model_choices(tab, ctx, "gone-run")
+    assert found[tab["model"]]["value"] == "late-run" and not found[tab["model_missing"]]["visible"]
+    assert refresh_model_choices(tab, ctx, "late-run")[tab["model"]]["value"] == "late-run"
+
+
+def test_models_load_when_sampling_or_attention_opens_never_on_page_load(tmp_path):
+    demo = build_ui(tmp_path / "runs")
+    events = [event for fn in demo.fns.values() if fn.name == "refresh_model_choices" for _, event in fn.targets]
+    # Each tab's ⟳ and its opening; the Sampling chart (which loads a model) is chained after the latter.
+    assert sorted(events) == ["click", "click", "select", "select"]
 
 
 def test_model_cache_is_lru_and_reloads_resaved_weights(tmp_path):
@@ -232,17 +343,17 @@ def test_model_cache_is_lru_and_reloads_resaved_weights(tmp_path):
         cache.get(tmp_path, "../a")
 
 
-def test_attention_and_preview_share_the_model_with_a_running_generation(runs):
+def test_attention_and_preview_share_the_model_with_a_running_generation(runs, sampling, attention):
     """One loaded model serves all three: a stream keeps its KV cache to itself, so forwards without one
     (attention maps, the next-token view) in the middle of it change neither its text nor theirs."""
     model = CACHE.get(runs, "micro-run").model
     cfg = SamplingConfig(max_new_tokens=20, seed=5, stop_at_eot=False)
     expected = generate(model, "Hello", cfg)[0]
-    fig_alone, note_alone, _ = preview_callback(runs, "micro-run", "The quick", 0.8, 5, 1.0, -1)
+    fig_alone, note_alone, _ = preview_callback(sampling, "micro-run", "The quick", 0.8, 5, 1.0, -1)
     steps = stream(model, "Hello", cfg)
     texts = [next(steps).texts[0] for _ in range(5)]
-    shown = show_callback(runs, "micro-run", "some text here", 0, 0, False, "Entropy")
-    fig, note, _ = preview_callback(runs, "micro-run", "The quick", 0.8, 5, 1.0, -1)
+    shown = show_callback(attention, "micro-run", "some text here", 0, 0, False, "Entropy")
+    fig, note, _ = preview_callback(sampling, "micro-run", "The quick", 0.8, 5, 1.0, -1)
     texts += [s.texts[0] for s in steps]
     assert "".join(texts) == expected
     assert "tokens**" in shown[0] and note == note_alone and fig.data[1].x == fig_alone.data[1].x
