@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import shlex
@@ -28,7 +27,6 @@ import signal
 import sys
 import time
 import types
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,7 @@ from core.checkpoint import (
     save_checkpoint,
     write_text_atomic,
 )
+from core.cli import add_config_arguments, overrides_from_args
 from core.config import EOT_TOKEN, ConfigError, ModelConfig, TrainConfig, read_config_json
 from core.cpu_malloc import reexec_with_tuned_malloc
 from core.data import BatchLoader, DataError, prepare_for
@@ -101,25 +100,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 # --- CLI: one flag per TrainConfig field ----------------------------------------------------------
 
 
-def _field_parser(tp: Any, name: str) -> Any:
-    args = typing.get_args(tp)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), tp) if args and optional else tp
-
-    def parse(s: str) -> Any:
-        if optional and s.lower() in ("none", "null", ""):
-            return None
-        if typing.get_origin(base) is dict or base is dict:
-            value = json.loads(s)
-            if not isinstance(value, dict):
-                raise argparse.ArgumentTypeError(f"--{name} needs a JSON object")
-            return value
-        return base(s)
-
-    parse.__name__ = getattr(base, "__name__", str(base))  # argparse shows it in error messages
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m core.train",
@@ -128,30 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="a TrainConfig JSON file (e.g. <run>/config.json); flags override its fields")
     p.add_argument("--resume", metavar="RUN", help="continue a run (a name under --runs-dir, or its folder) exactly")
-    hints = typing.get_type_hints(TrainConfig)
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        tp = hints[f.name]
-        shown = getattr(defaults, f.name)
-        if tp is bool:
-            p.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=f"(default: {shown})",
-            )
-        else:
-            p.add_argument(
-                flag, dest=f.name, type=_field_parser(tp, f.name), default=argparse.SUPPRESS, help=f"(default: {shown})"
-            )
+    add_config_arguments(p)
     return p
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def _config_dict(path: Path) -> dict[str, Any]:
@@ -179,7 +137,7 @@ class Plan:
 
 def plan_run(args: argparse.Namespace, ctx: D.DistContext) -> Plan:
     """Resolve the config (file < flags; on resume the checkpoint's config < flags) and the run folder."""
-    overrides = _overrides(args)
+    overrides = overrides_from_args(args)
     if args.resume:
         run_dir = find_run(args.resume, overrides.get("runs_dir", TrainConfig.runs_dir))
         try:
@@ -578,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer: Trainer | None = None
     ctx = None
     try:
-        flag_device = _overrides(args).get("device")
+        flag_device = overrides_from_args(args).get("device")
         pref = flag_device or "auto"
         if not flag_device and args.config and not args.resume:
             pref = read_config_json(args.config).get("device", "auto")

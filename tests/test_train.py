@@ -1,6 +1,5 @@
 """The trainer: gradient accumulation, the CLI (real subprocesses), metrics, bad input, failures."""
 
-import dataclasses
 import json
 import signal
 
@@ -9,41 +8,12 @@ import torch
 
 from core import distributed as D
 from core.config import TrainConfig
-from core.train import Plan, StopFlag, Trainer, build_parser, main
+from core.train import Plan, StopFlag, Trainer, main
 from tests.helpers import CACHE, MICRO, records, run_cmd, train_cmd
 
 
 def train(args, runs, timeout=300, env=None):
     return run_cmd(train_cmd(runs, *args), timeout=timeout, env=env)
-
-
-def test_every_config_field_is_a_flag():
-    parser = build_parser()
-    flags = {a.dest for a in parser._actions}
-    assert {f.name for f in dataclasses.fields(TrainConfig)} <= flags
-    args = parser.parse_args(
-        [
-            "--max-steps",
-            "7",
-            "--no-pad-vocab",
-            "--compile",
-            "--seq-len",
-            "none",
-            "--min-lr",
-            "1e-5",
-            "--extra",
-            '{"a": 1}',
-        ]
-    )
-    assert (args.max_steps, args.pad_vocab, args.compile, args.seq_len, args.min_lr, args.extra) == (
-        7,
-        False,
-        True,
-        None,
-        1e-5,
-        {"a": 1},
-    )
-    assert not hasattr(args, "lr")  # flags not given leave the config file's value alone
 
 
 def _trainer(tmp_path, **kw):
