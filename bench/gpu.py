@@ -6,7 +6,7 @@
 1. correctness: the same 5 AdamW steps from the same weights and batches in fp32 and in bf16
    autocast; the losses must agree within a tolerance.
 2. training throughput of the gpt2 preset: bf16 autocast, fused AdamW, flash SDPA, padded
-   vocabulary, eager and torch.compile; tokens/s and MFU (peak from core.train.PEAK_FLOPS).
+   vocabulary, eager and torch.compile; tokens/s and MFU (peak from core.precision.PEAK_FLOPS).
 3. KV-cache sampling (core.generation, greedy) vs transformers' generate on the same weights.
 """
 
@@ -27,7 +27,7 @@ from core.config import model_config  # noqa: E402
 from core.generation import SamplingConfig, generate_tokens  # noqa: E402
 from core.hf import export_hf  # noqa: E402
 from core.model import GPT  # noqa: E402
-from core.train import peak_flops  # noqa: E402
+from core.precision import peak_flops  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

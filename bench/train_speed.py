@@ -25,7 +25,7 @@ from core.config import ModelConfig, model_config  # noqa: E402
 from core.cpu_malloc import reexec_with_tuned_malloc  # noqa: E402
 from core.hf import hf_config  # noqa: E402
 from core.model import GPT  # noqa: E402
-from core.train import peak_flops  # noqa: E402
+from core.precision import peak_flops  # noqa: E402
 
 
 def hf_model(mc: ModelConfig):  # noqa: ANN201
