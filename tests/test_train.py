@@ -11,7 +11,7 @@ from core import distributed as D
 from core.checkpoint import save_checkpoint
 from core.config import TrainConfig
 from core.model import GPT
-from core.reporting import Reporter
+from core.reporting import Reporter, StepRecord
 from core.train import Plan, build_training, main
 from core.trainer import Cadence, LoaderState, StopFlag, Trainer, TrainState
 from tests.helpers import CACHE, MICRO, records, run_cmd, train_cmd
@@ -308,3 +308,40 @@ def test_config_json_is_replaced_atomically(tmp_path):
     assert path.stat().st_ino != before  # a new file renamed over the old one, never rewritten in place
     assert TrainConfig.from_json(path).max_steps == 2
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary file left
+
+
+def test_reporter_writes_each_record_and_its_line_from_the_same_values(tmp_path, capsys):
+    report = Reporter()
+    report.open(tmp_path / "metrics.jsonl")
+    step = StepRecord(
+        3,
+        10,
+        300,
+        loss=2.5,
+        lr=1e-3,
+        grad_norm=0.75,
+        dt=0.25,
+        tok_per_s=400.0,
+        mfu=0.123,
+        elapsed=1.0,
+        eta_s=3725.0,
+        mem_mb=100.0,
+    )
+    report.trained(step)
+    report.evaluated(3, 2.25)
+    report.failed(3, "boom")
+    report.console = False  # another rank: no lines
+    report.sampled(3, "hi")
+    report.close()
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [
+        "step 3/10 | loss 2.5000 | lr 1.00e-03 | norm 0.75 | 250.0 ms | 400 tok/s | mfu 12.3% | eta 1h02m",
+        "step 3 | val loss 2.2500",
+    ]
+    assert out.err == "error: boom\n"
+    got = records(tmp_path, "train")[0]
+    assert {k: v for k, v in got.items() if k not in ("kind", "time")} == dataclasses.asdict(step)
+    assert [r["val_loss"] for r in records(tmp_path, "eval")] == [2.25]
+    failed = {k: v for k, v in records(tmp_path, "status")[0].items() if k != "time"}
+    assert failed == {"kind": "status", "state": "failed", "step": 3, "message": "boom"}
+    assert records(tmp_path, "sample")[0]["text"] == "hi"
