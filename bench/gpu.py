@@ -6,7 +6,7 @@
 1. correctness: the same 5 AdamW steps from the same weights and batches in fp32 and in bf16
    autocast; the losses must agree within a tolerance.
 2. training throughput of the gpt2 preset: bf16 autocast, fused AdamW, flash SDPA, padded
-   vocabulary, eager and torch.compile; tokens/s and MFU (peak from core.train.PEAK_FLOPS).
+   vocabulary, eager and torch.compile; tokens/s and MFU (peak from core.precision.PEAK_FLOPS).
 3. KV-cache sampling (core.generation, greedy) vs transformers' generate on the same weights.
 """
 
@@ -23,11 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.config import model_config  # noqa: E402
+from core.config import ConfigError, model_config  # noqa: E402
+from core.distributed import pick_device  # noqa: E402
 from core.generation import SamplingConfig, generate_tokens  # noqa: E402
 from core.hf import export_hf  # noqa: E402
 from core.model import GPT  # noqa: E402
-from core.train import peak_flops  # noqa: E402
+from core.precision import peak_flops  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -131,9 +132,11 @@ def main() -> None:
     if a.dry_run:
         device, preset, B, T, steps, new = torch.device("cpu"), "micro", 4, 32, 2, 16
     else:
-        if not torch.cuda.is_available():
+        try:
+            device = pick_device("cuda")
+        except ConfigError:
             sys.exit("no CUDA GPU visible; use --dry-run to check the script on CPU")
-        device, preset, B, T, steps, new = torch.device("cuda"), "gpt2", a.batch_size, 1024, a.steps, 256
+        preset, B, T, steps, new = "gpt2", a.batch_size, 1024, a.steps, 256
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"

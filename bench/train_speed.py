@@ -21,11 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.config import ModelConfig, model_config  # noqa: E402
+from core.config import ConfigError, ModelConfig, model_config  # noqa: E402
 from core.cpu_malloc import reexec_with_tuned_malloc  # noqa: E402
+from core.distributed import pick_device  # noqa: E402
 from core.hf import hf_config  # noqa: E402
 from core.model import GPT  # noqa: E402
-from core.train import peak_flops  # noqa: E402
+from core.precision import peak_flops  # noqa: E402
 
 
 def hf_model(mc: ModelConfig):  # noqa: ANN201
@@ -67,11 +68,14 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (median reported)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto: the GPU if there is one (core.distributed.pick_device)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(ours)")
     a = p.parse_args()
 
-    device = torch.device(a.device)
+    try:
+        device = pick_device(a.device)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     dtype = torch.bfloat16 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -1,9 +1,9 @@
 """Checkpoints: safetensors for tensors, JSON for everything else, atomic on disk. No pickle.
 
-Layout of one checkpoint (DESIGN.md):
+Layout of one checkpoint:
     <run>/ckpt/step-000500/model.safetensors      weights (tied head stored once)
                           optimizer.safetensors  AdamW moments (optional)
-                          state.json             model config, step, RNG, loader state, ...
+                          state.json             model config, step, RNG, loader state, ... (core.trainer.TrainState)
     <run>/ckpt/latest                            name of the newest complete checkpoint
 """
 
@@ -25,8 +25,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.config import ModelConfig
+from core.files import write_text_atomic
 from core.model import GPT, clean_state_dict, load_clean_state_dict, unwrap_model
-from core.runs import STATE_FILE, list_checkpoints, write_text_atomic  # torch-free; callers may import them from here
+from core.runs import STATE_FILE, list_checkpoints  # torch-free; callers may import them from here
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.safetensors"
@@ -180,7 +181,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint in {p} yet; train for at least one checkpoint interval first")
 
 
-def load_checkpoint(path: str | Path, with_optimizer: bool = True) -> Checkpoint:
+def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> Checkpoint:
     ckpt = resolve_checkpoint(path)
     state = read_state(ckpt)
     if "model_config" not in state:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.files import write_text_atomic
+
 GPT2_VOCAB_SIZE = 50257
 EOT_TOKEN = 50256
 
@@ -198,6 +200,7 @@ class TrainConfig:
             (self.eval_interval >= 0, "eval_interval", "eval_interval must be >= 0 (0: never)"),
             (self.ckpt_interval >= 0, "ckpt_interval", "ckpt_interval must be >= 0 (0: only at the end)"),
             (self.eval_batches >= 1, "eval_batches", "eval_batches must be >= 1"),
+            (self.log_interval >= 1, "log_interval", "log_interval must be >= 1"),
             (self.keep_last >= 1, "keep_last", "keep_last must be >= 1"),
             (0 < self.val_fraction < 1 or self.val_data is not None, "val_fraction", "val_fraction must be in (0, 1)"),
             (self.device in ("auto", "cpu", "cuda", "mps"), "device", "device must be auto, cpu, cuda or mps"),
@@ -224,7 +227,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write config.json atomically (the UI may read it while a run starts)."""
+        write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

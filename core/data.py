@@ -394,6 +394,7 @@ class BatchLoader:
         split: str,
         batch_size: int,
         seq_len: int,
+        *,
         seed: int = 0,
         shuffle: bool = True,
         device: str | torch.device = "cpu",

@@ -1,8 +1,9 @@
 """metrics.jsonl: one JSON object per line, append-only, readable while it is being written.
 
-Records (DESIGN.md): {"kind": "train", "step", "tokens", "loss", "lr", "grad_norm", "dt", "tok_per_s",
-"mfu", ...} / {"kind": "eval", "step", "val_loss"} / {"kind": "sample", "step", "text"} /
-{"kind": "status", "state", "message"}. Every record also carries "time" (unix seconds).
+Records: {"kind": "train", "step", "tokens", "loss", "lr", "grad_norm", "dt", "tok_per_s", "mfu", ...} /
+{"kind": "eval", "step", "val_loss"} / {"kind": "sample", "step", "text"} / {"kind": "status", "state",
+"message"}; core/reporting.py, which writes them during training, lists every field. Every record also
+carries "time" (unix seconds).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def get_lr(step: int, lr: float, min_lr: float, warmup_steps: int, total_steps: 
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def schedule(cfg: TrainConfig, world_size: int) -> Callable[[int], float]:
+def lr_schedule(cfg: TrainConfig, world_size: int) -> Callable[[int], float]:
     """The step -> lr function of a config."""
     total = cfg.total_steps(world_size)
     return lambda step: get_lr(step, cfg.lr, cfg.effective_min_lr, cfg.warmup_steps, total)

@@ -8,14 +8,12 @@ No torch here: core.jobs (the CLI and the UI's polling) uses this module and sta
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 from core.config import ConfigError, TrainConfig
+from core.files import write_text_atomic as write_text_atomic  # re-exported: jobs and checkpoints use it from here
 
 MAX_RUN_NAME = 64
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -73,18 +71,3 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small file so a reader (another process polling it) sees the old or the new file, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

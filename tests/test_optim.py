@@ -7,7 +7,7 @@ import torch
 
 from core.config import TrainConfig, model_config
 from core.model import GPT
-from core.optim import get_lr, make_optimizer, param_groups, schedule
+from core.optim import get_lr, lr_schedule, make_optimizer, param_groups
 
 
 def test_lr_warmup_peak_cosine_and_floor():
@@ -23,9 +23,9 @@ def test_lr_warmup_peak_cosine_and_floor():
     assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay
 
 
-def test_schedule_uses_config_defaults():
+def test_lr_schedule_uses_config_defaults():
     cfg = TrainConfig(lr=1e-3, warmup_steps=0, max_steps=100)
-    f = schedule(cfg, world_size=1)
+    f = lr_schedule(cfg, world_size=1)
     assert f(0) == pytest.approx(1e-3)
     assert f(100) == pytest.approx(1e-4)  # min_lr defaults to lr / 10
     assert f(50) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi * 0.5)) * 9e-4)

@@ -1,0 +1,363 @@
+"""The training loop: optimizer steps with gradient accumulation, evaluation, samples and checkpoints.
+
+`core.train.build_training` builds everything (model, optimizer, data, precision, the state to start
+from) into TrainingParts; a Trainer only runs them. Under DDP every rank runs the same loop; rank 0
+alone writes checkpoints, metrics and samples, and all ranks agree on when to stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import signal
+import time
+import types
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core import distributed as D
+from core.checkpoint import capture_rng_state, save_checkpoint
+from core.config import EOT_TOKEN, TrainConfig
+from core.data import BatchLoader
+from core.model import GPT
+from core.reporting import Pace, Reporter, StepRecord, memory_mb
+
+
+class TrainingFailed(RuntimeError):
+    """The run cannot go on (diverged loss, out of memory); the message says what to change."""
+
+
+@dataclass
+class LoaderState:
+    """The data loader's place: micro-batch g of the seeded order is a pure function of g, so position says it all."""
+
+    position: int  # micro-batches taken so far, over all ranks
+    epoch: int  # of position, for the record
+    seed: int
+    batch_size: int
+    seq_len: int
+    data_key: str  # identifies the tokens (source files, split settings)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; to_dict() is a checkpoint's state.json (besides step, weights and optimizer).
+
+    rng, scaler, elapsed and loader.epoch are brought up to date when a checkpoint is saved.
+    """
+
+    step: int
+    tokens_per_step: int
+    world_size: int
+    grad_accum: int
+    precision: str
+    loader: LoaderState
+    train_config: dict[str, Any]
+    elapsed: float = 0.0  # training seconds, over all the run's processes
+    best_val_loss: float | None = None
+    val_loss: float | None = None  # of this step, when it was evaluated (pruning keeps the best checkpoint)
+    rng: list[dict[str, Any]] = field(default_factory=list)  # one per rank
+    scaler: dict[str, Any] | None = None  # fp16's loss scaler
+
+    @property
+    def tokens(self) -> int:
+        return self.step * self.tokens_per_step
+
+    def advance(self, micro_batches: int) -> None:
+        """One optimizer step done, over micro_batches more micro-batches."""
+        self.step += 1
+        self.loader.position += micro_batches
+        self.val_loss = None
+
+    def evaluated(self, val_loss: float) -> None:
+        self.val_loss = val_loss
+        self.best_val_loss = val_loss if self.best_val_loss is None else min(self.best_val_loss, val_loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        """The state of a checkpoint's state.json (other keys, e.g. model_config, are ignored).
+
+        KeyError or TypeError when it holds no training state (a checkpoint of imported weights).
+        """
+        return cls(
+            step=d["step"],
+            tokens_per_step=d["tokens_per_step"],
+            world_size=d["world_size"],
+            grad_accum=d["grad_accum"],
+            precision=d["precision"],
+            loader=LoaderState(**d["loader"]),
+            train_config=d["train_config"],
+            elapsed=d.get("elapsed", 0.0),
+            best_val_loss=d.get("best_val_loss"),
+            val_loss=d.get("val_loss"),
+            rng=d.get("rng") or [],
+            scaler=d.get("scaler"),
+        )
+
+    def resume_problems(self, saved: TrainState) -> list[str]:
+        """What continuing `saved` with this state's settings would change (empty: it continues exactly)."""
+        was, now = saved.loader, self.loader
+        problems = [
+            f"{name} {a} -> {b}"
+            for name, a, b in (
+                ("batch_size", was.batch_size, now.batch_size),
+                ("seq_len", was.seq_len, now.seq_len),
+                ("tokens per step", saved.tokens_per_step, self.tokens_per_step),
+            )
+            if a != b
+        ]
+        if was.data_key != now.data_key:
+            problems.append("the data source (its files or split settings) changed")
+        return problems
+
+    def continued_from(self, saved: TrainState) -> TrainState:
+        """This run's state, at the point where saved left off."""
+        return dataclasses.replace(
+            self,
+            step=saved.step,
+            loader=dataclasses.replace(self.loader, position=saved.loader.position),
+            elapsed=saved.elapsed,
+            best_val_loss=saved.best_val_loss,
+            rng=saved.rng,
+            scaler=saved.scaler,
+        )
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When the loop logs, evaluates, samples and saves: at multiples of each interval and at the last step.
+
+    An eval or sample interval of 0 switches that off; a checkpoint interval of 0 leaves only the last step.
+    """
+
+    total_steps: int
+    log: int
+    eval: int
+    sample: int
+    save: int
+
+    def _due(self, interval: int, step: int) -> bool:
+        return interval > 0 and (step % interval == 0 or step == self.total_steps)
+
+    def log_due(self, step: int) -> bool:
+        return self._due(self.log, step)
+
+    def eval_due(self, step: int) -> bool:
+        return self._due(self.eval, step)
+
+    def sample_due(self, step: int) -> bool:
+        return self._due(self.sample, step)
+
+    def save_due(self, step: int) -> bool:
+        return step == self.total_steps or self._due(self.save, step)
+
+
+class StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop stops after the current optimizer step (repeats ignored)."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+            print(f"{self.signal} received: stopping after this step and saving a checkpoint", flush=True)
+
+
+@dataclass
+class TrainingParts:
+    """A run ready to train (made by core.train.build_training)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    model: GPT  # the weights: saved, sampled from, clipped
+    compiled: torch.nn.Module  # model, torch.compile'd when asked: evaluation runs it
+    train_model: torch.nn.Module  # compiled, wrapped in DDP under torchrun: training runs it
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: AbstractContextManager
+    lr_at: Callable[[int], float]
+    train_data: BatchLoader
+    val_data: BatchLoader
+    state: TrainState
+    cadence: Cadence
+    pace: Pace
+
+
+class Trainer:
+    """Runs TrainingParts to the last step or a stop request."""
+
+    def __init__(self, parts: TrainingParts, ctx: D.DistContext, stop: StopFlag, report: Reporter) -> None:
+        self.ctx, self.stop, self.report = ctx, stop, report
+        self.cfg, self.run_dir = parts.cfg, parts.run_dir
+        self.model, self.compiled, self.train_model = parts.model, parts.compiled, parts.train_model
+        self.optimizer, self.scaler, self.lr_at = parts.optimizer, parts.scaler, parts.lr_at
+        self.autocast = parts.autocast
+        self.train_data, self.val_data = parts.train_data, parts.val_data
+        self.state, self.cadence, self.pace = parts.state, parts.cadence, parts.pace
+        self.saved_at: Path | None = None
+
+    def run(self) -> bool:
+        """Train to the last step or a stop request; True when stopped early (checkpoint in self.saved_at)."""
+        state, cadence = self.state, self.cadence
+        self._report_start()
+        self.train_model.train()
+        self.pace.start()
+        while state.step < cadence.total_steps:
+            loss, norm, dt = self.train_step()
+            if not math.isfinite(loss):
+                raise TrainingFailed(
+                    f"loss became {loss} at step {state.step}; the last good checkpoint is kept. Lower --lr, "
+                    "raise --warmup-steps or use --precision bf16/fp32, then resume or start again"
+                )
+            self.pace.add(state.step, dt)
+            if cadence.log_due(state.step):
+                self.report.trained(self._step_record(loss, norm, dt))
+            if cadence.eval_due(state.step):
+                state.evaluated(self.evaluate())
+                self.report.evaluated(state.step, state.val_loss)
+            if self.ctx.is_main and cadence.sample_due(state.step):
+                self.report.sampled(state.step, self.sample_text())
+            stopping = D.any_rank(self.stop.signal is not None, self.ctx)
+            if stopping or cadence.save_due(state.step):
+                self.saved_at = self.save()
+            if stopping and state.step < cadence.total_steps:
+                return True
+        return False
+
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step; returns (mean loss over all ranks, grad norm, seconds it took)."""
+        t = time.time()
+        loss = self.accumulate_gradients()
+        norm = self.apply_gradients()
+        if self.ctx.device.type == "cuda":
+            torch.cuda.synchronize(self.ctx.device)
+        return loss, norm, time.time() - t
+
+    def accumulate_gradients(self) -> float:
+        """Forward/backward over this rank's micro-batches of the step; the loss averaged over all ranks."""
+        ctx, state, accum = self.ctx, self.state, self.state.grad_accum
+        _inject_test_fault(ctx.rank, state.step + 1)
+        loss_sum = torch.zeros((), device=ctx.device)
+        for k in range(accum):
+            x, y = self.train_data.batch(state.loader.position + k * ctx.world_size + ctx.rank)
+            last = k == accum - 1
+            sync = self.train_model.no_sync() if ctx.is_ddp and not last else contextlib.nullcontext()
+            with sync:
+                with self.autocast:
+                    _, loss = self.train_model(x, y)[:2]
+                loss = loss / accum
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        return D.all_reduce_mean(loss_sum, ctx).item()
+
+    def apply_gradients(self) -> float:
+        """Clip, take the AdamW step at this step's lr, clear the gradients, count the step; returns the grad norm."""
+        cfg, state = self.cfg, self.state
+        self.scaler.unscale_(self.optimizer)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(state.step)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.advance(state.grad_accum * self.ctx.world_size)
+        return norm.item()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over eval_batches validation batches, shared out among the ranks."""
+        ctx, n = self.ctx, self.cfg.eval_batches
+        self.compiled.eval()
+        losses = torch.zeros((), device=ctx.device)
+        mine = range(ctx.rank, n, ctx.world_size)  # rank r takes val batches r, r+W, ...
+        for g in mine:
+            x, y = self.val_data.batch(g)
+            with self.autocast:
+                _, loss = self.compiled(x, y)[:2]
+            losses += loss.float()
+        self.compiled.train()
+        return D.all_reduce_mean(losses / max(1, len(mine)), ctx).item()
+
+    def sample_text(self) -> str:
+        from core.generation import SamplingConfig, generate
+
+        self.model.eval()
+        n = min(self.cfg.sample_tokens, self.model.config.block_size - 1)
+        seed = self.cfg.seed + self.state.step
+        scfg = SamplingConfig(max_new_tokens=n, temperature=1.0, top_k=50, seed=seed, stop_at_eot=False)
+        with self.autocast:
+            text = generate(self.model, [EOT_TOKEN], scfg)[0]
+        self.model.train()
+        return text
+
+    def save(self) -> Path | None:
+        """Checkpoint this step (a collective: every rank sends its RNG state; rank 0 writes)."""
+        state = self.state
+        state.rng = D.gather_objects(capture_rng_state(), self.ctx)
+        state.scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
+        state.elapsed = self.pace.elapsed()
+        state.loader.epoch = self.train_data.epoch_of(state.loader.position)
+        path = None
+        if self.ctx.is_main:
+            path = save_checkpoint(
+                self.run_dir, state.step, self.model, state.to_dict(), self.optimizer, keep_last=self.cfg.keep_last
+            )
+            self.report.log(f"saved checkpoint {path}")
+        D.barrier(self.ctx)  # no rank runs ahead while rank 0 writes
+        return path
+
+    def _report_start(self) -> None:
+        s, ctx = self.state, self.ctx
+        self.report.started(
+            step=s.step,
+            total_steps=self.cadence.total_steps,
+            world_size=ctx.world_size,
+            grad_accum=s.grad_accum,
+            tokens_per_step=s.tokens_per_step,
+            precision=s.precision,
+            device=str(ctx.device),
+            parameters=self.model.num_params(),
+            batch_size=s.loader.batch_size,
+            seq_len=s.loader.seq_len,
+        )
+
+    def _step_record(self, loss: float, norm: float, dt: float) -> StepRecord:
+        step, pace = self.state.step, self.pace
+        return StepRecord(
+            step=step,
+            total_steps=self.cadence.total_steps,
+            tokens=self.state.tokens,
+            loss=loss,
+            lr=self.lr_at(step - 1),
+            grad_norm=norm,
+            dt=dt,
+            tok_per_s=pace.tok_per_s(dt),
+            mfu=pace.mfu(dt),
+            elapsed=pace.elapsed(),
+            eta_s=pace.eta(step),
+            mem_mb=memory_mb(self.ctx.device),
+        )
+
+
+def _inject_test_fault(rank: int, step: int) -> None:
+    """PLAYGROUND_TEST_CRASH_RANK=r makes rank r fail at step PLAYGROUND_TEST_CRASH_STEP (default 2); tests only."""
+    crash_rank = os.environ.get("PLAYGROUND_TEST_CRASH_RANK")
+    crash_step = int(os.environ.get("PLAYGROUND_TEST_CRASH_STEP", "2"))
+    if crash_rank is not None and int(crash_rank) == rank and step == crash_step:
+        raise RuntimeError(f"test fault injection: rank {rank} crashed at step {step}")
