@@ -169,6 +169,11 @@ class Reporter:
         fields = dict(step=step, total_steps=total_steps, checkpoint=str(checkpoint), signal=signal)
         self._event("status", line, state="stopped", **fields)
 
+    def stopped_early(self, step: int | None) -> None:
+        """Stopped during setup (data preparation, compile): nothing new was trained, so nothing was saved."""
+        line = "stopped before training got going; nothing new was saved"
+        self._event("status", line, state="stopped", step=step, message=line)
+
     def done(self, step: int, total_steps: int, run_dir: Path) -> None:
         line = f"done: {step} steps; checkpoints in {run_dir / 'ckpt'}"
         self._event("status", line, state="done", step=step, total_steps=total_steps)

@@ -48,8 +48,18 @@ from core.model import GPT, clean_state_dict, load_clean_state_dict
 from core.optim import lr_schedule, make_optimizer
 from core.precision import autocast, grad_scaler, peak_flops, resolve_precision
 from core.reporting import Pace, Reporter
+from core.runlock import RunLock, hold_run_lock
 from core.runs import default_run_name, resolve_run_dir
-from core.trainer import Cadence, LoaderState, StopFlag, Trainer, TrainingFailed, TrainingParts, TrainState
+from core.trainer import (
+    Cadence,
+    LoaderState,
+    StopFlag,
+    StopRequested,
+    Trainer,
+    TrainingFailed,
+    TrainingParts,
+    TrainState,
+)
 from core.weights import WeightsError, load_weights
 
 Log = Callable[[str], None]
@@ -325,11 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     report = Reporter()
     ctx: D.DistContext | None = None
     trainer: Trainer | None = None
+    run_lock: RunLock | None = None
     try:
         ctx = D.setup(_device_preference(args))
         report.console = ctx.is_main
         plan = plan_run(args, ctx)
         if ctx.is_main:
+            run_lock = hold_run_lock(plan.run_dir)  # one writer per run: a second one is refused (exit 2)
             report.open(_open_run_folder(plan, argv))
         trainer = Trainer(build_training(plan, ctx, report.log), ctx, stop, report)
         total = trainer.cadence.total_steps
@@ -337,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             report.stopped(trainer.state.step, total, trainer.saved_at, stop.signal, plan.run_dir)
         else:
             report.done(trainer.state.step, total, plan.run_dir)
+        return 0
+    except StopRequested:
+        report.stopped_early(trainer.state.step if trainer else None)
         return 0
     except Exception as e:
         code, message = _failure(e, trainer, ctx)
@@ -346,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     finally:
         report.close()
+        if run_lock:
+            run_lock.release()
         D.teardown()
 
 

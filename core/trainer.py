@@ -28,6 +28,9 @@ from core.config import EOT_TOKEN, TrainConfig
 from core.data import BatchLoader
 from core.model import GPT
 from core.reporting import Pace, Reporter, StepRecord, memory_mb
+from core.runlock import saving
+
+MAX_SKIPPED_STEPS = 3  # non-finite gradient norms in a row before the run fails
 
 
 class TrainingFailed(RuntimeError):
@@ -162,11 +165,20 @@ class Cadence:
         return step == self.total_steps or self._due(self.save, step)
 
 
+class StopRequested(BaseException):  # not an Exception: library code that catches those must let it through
+    """SIGTERM/SIGINT before the first step was done (data preparation, compile): nothing to save, end now."""
+
+
 class StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop stops after the current optimizer step (repeats ignored)."""
+    """SIGTERM/SIGINT set a flag; the loop stops after the current optimizer step (repeats ignored).
+
+    Until `armed` (set once the first step is done) they raise StopRequested instead: data preparation and
+    compilation can take minutes, and there is nothing to save yet.
+    """
 
     def __init__(self) -> None:
         self.signal: str | None = None
+        self.armed = False
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -175,6 +187,8 @@ class StopFlag:
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
         if self.signal is None:
             self.signal = signal.Signals(signum).name
+            if not self.armed:
+                raise StopRequested(self.signal)
             print(f"{self.signal} received: stopping after this step and saving a checkpoint", flush=True)
 
 
@@ -210,6 +224,7 @@ class Trainer:
         self.train_data, self.val_data = parts.train_data, parts.val_data
         self.state, self.cadence, self.pace = parts.state, parts.cadence, parts.pace
         self.saved_at: Path | None = None
+        self.skipped_in_a_row = 0  # updates skipped in a row for a non-finite gradient norm
 
     def run(self) -> bool:
         """Train to the last step or a stop request; True when stopped early (checkpoint in self.saved_at)."""
@@ -233,6 +248,7 @@ class Trainer:
             if self.ctx.is_main and cadence.sample_due(state.step):
                 self.report.sampled(state.step, self.sample_text())
             stopping = D.any_rank(self.stop.signal is not None, self.ctx)
+            self.stop.armed = True  # setup and the first (compiling) step are behind: a stop now saves
             if stopping or cadence.save_due(state.step):
                 self.saved_at = self.save()
             if stopping and state.step < cadence.total_steps:
@@ -263,6 +279,7 @@ class Trainer:
                 loss = loss / accum
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
+        _inject_test_inf_gradient(self.model, state.step + 1)
         return D.all_reduce_mean(loss_sum, ctx).item()
 
     def apply_gradients(self) -> float:
@@ -273,11 +290,29 @@ class Trainer:
             group["lr"] = self.lr_at(state.step)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaler.is_enabled() or self._gradients_finite(norm.item()):  # fp16's scaler skips on its own
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         state.advance(state.grad_accum * self.ctx.world_size)
         return norm.item()
+
+    def _gradients_finite(self, norm: float) -> bool:
+        """Policy for an inf/NaN gradient norm with a finite loss: skip that update (the weights stay finite, so
+        no checkpoint ever holds NaN), and fail after MAX_SKIPPED_STEPS in a row. Under DDP the gradients were
+        all-reduced, so every rank sees the same norm and makes the same choice."""
+        if math.isfinite(norm):
+            self.skipped_in_a_row = 0
+            return True
+        self.skipped_in_a_row += 1
+        step = self.state.step + 1
+        self.report.log(f"warning: non-finite gradient norm ({norm}) at step {step}: update skipped")
+        if self.skipped_in_a_row >= MAX_SKIPPED_STEPS:
+            raise TrainingFailed(
+                f"non-finite gradient norm {MAX_SKIPPED_STEPS} steps in a row (last at step {step}); the weights and "
+                "checkpoints are still finite. Lower --lr, raise --warmup-steps or use --precision fp32, then resume"
+            )
+        return False
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -315,9 +350,10 @@ class Trainer:
         state.loader.epoch = self.train_data.epoch_of(state.loader.position)
         path = None
         if self.ctx.is_main:
-            path = save_checkpoint(
-                self.run_dir, state.step, self.model, state.to_dict(), self.optimizer, keep_last=self.cfg.keep_last
-            )
+            with saving(self.run_dir, state.step):  # `core.jobs stop` waits for it instead of killing it mid-write
+                path = save_checkpoint(
+                    self.run_dir, state.step, self.model, state.to_dict(), self.optimizer, keep_last=self.cfg.keep_last
+                )
             self.report.log(f"saved checkpoint {path}")
         D.barrier(self.ctx)  # no rank runs ahead while rank 0 writes
         return path
@@ -361,3 +397,11 @@ def _inject_test_fault(rank: int, step: int) -> None:
     crash_step = int(os.environ.get("PLAYGROUND_TEST_CRASH_STEP", "2"))
     if crash_rank is not None and int(crash_rank) == rank and step == crash_step:
         raise RuntimeError(f"test fault injection: rank {rank} crashed at step {step}")
+
+
+def _inject_test_inf_gradient(model: GPT, step: int) -> None:
+    """PLAYGROUND_TEST_INF_GRAD_STEP=k[,k2...]: an inf in one gradient at those steps (finite loss); tests only."""
+    if str(step) in os.environ.get("PLAYGROUND_TEST_INF_GRAD_STEP", "").split(","):
+        grad = model.transformer.h[0].mlp.c_fc.weight.grad
+        if grad is not None:
+            grad.view(-1)[0] = float("inf")

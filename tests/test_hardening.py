@@ -170,3 +170,18 @@ def test_nan_weights_are_never_saved(tmp_path):
         from safetensors.torch import load_file
 
         assert all(torch.isfinite(t).all() for t in load_file(ck / "model.safetensors").values()), ck
+
+
+def test_non_finite_gradients_in_a_row_fail_the_run_with_finite_checkpoints(tmp_path):
+    env = {**os.environ, "PLAYGROUND_TEST_INF_GRAD_STEP": "3,4,5"}
+    r = run_cmd(
+        train_cmd(tmp_path, *MICRO, "--run-name", "g", "--max-steps", "8", "--ckpt-interval", "2"), timeout=180, env=env
+    )
+    assert r.returncode == 1
+    assert "non-finite gradient norm 3 steps in a row" in r.stderr
+    from safetensors.torch import load_file
+
+    ckpts = list_checkpoints(tmp_path / "g")
+    assert ckpts and all(
+        all(torch.isfinite(t).all() for t in load_file(ck / "model.safetensors").values()) for ck in ckpts
+    )
