@@ -70,4 +70,12 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / "ckpt"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file())
+    found = [p for p in root.iterdir() if checkpoint_step(p) is not None and (p / STATE_FILE).is_file()]
+    # By the number, not the name: step-1000000 comes after step-999500 (names are zero-padded to 6 digits only).
+    return sorted(found, key=lambda p: checkpoint_step(p))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a checkpoint folder named step-N (any number of digits); None for any other name."""
+    digits = path.name.removeprefix("step-")
+    return int(digits) if path.name.startswith("step-") and digits.isdigit() else None

@@ -34,8 +34,6 @@ from core.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
-    read_state,
-    resolve_checkpoint,
     restore_rng_state,
 )
 from core.cli import add_config_arguments, overrides_from_args
@@ -49,7 +47,7 @@ from core.optim import lr_schedule, make_optimizer
 from core.precision import autocast, grad_scaler, peak_flops, resolve_precision
 from core.reporting import Pace, Reporter
 from core.runlock import RunLock, hold_run_lock
-from core.runs import default_run_name, resolve_run_dir
+from core.runs import STATE_FILE, default_run_name, list_checkpoints, resolve_run_dir
 from core.trainer import (
     Cadence,
     LoaderState,
@@ -95,32 +93,54 @@ def find_run(spec: str, runs_dir: str) -> Path:
     return run_dir
 
 
+def resume_point(spec: str, runs_dir: str) -> tuple[Path, Checkpoint, list[str]]:
+    """(run folder, the checkpoint to continue, notes on newer checkpoints that did not load).
+
+    spec is a run (name or folder): its newest checkpoint that loads, newest first, so a checkpoint
+    corrupted on disk costs the steps since the one before it, not the run; or one checkpoint folder.
+    """
+    p = Path(spec)
+    if (p / STATE_FILE).is_file():  # one checkpoint, asked for by its folder
+        try:
+            return p.resolve().parent.parent, load_checkpoint(p), []
+        except CheckpointError as e:
+            raise ConfigError(f"cannot resume from {p}: {e}") from e
+    run_dir = find_run(spec, runs_dir)
+    notes: list[str] = []
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        try:
+            return run_dir, load_checkpoint(ckpt), notes
+        except CheckpointError as e:
+            notes.append(f"warning: skipping checkpoint {ckpt.name}, it does not load ({e})")
+    why = "; ".join(notes) if notes else "no checkpoint yet; train for at least one checkpoint interval first"
+    raise ConfigError(f"cannot resume {run_dir}: {why}")
+
+
 @dataclasses.dataclass
 class Plan:
     """What a run will be: its config, its folder and, on resume, the checkpoint it continues."""
 
     cfg: TrainConfig
     run_dir: Path
-    resume_from: Path | None  # checkpoint folder to continue from
+    resume_from: Checkpoint | None  # the checkpoint to continue from, loaded
+    notes: list[str] = dataclasses.field(default_factory=list)  # said in the log once the run folder is open
 
 
 def plan_run(args: argparse.Namespace, ctx: D.DistContext) -> Plan:
     """Resolve the config (file < flags; on resume the checkpoint's config < flags) and the run folder."""
     overrides = overrides_from_args(args)
     if args.resume:
-        run_dir = find_run(args.resume, overrides.get("runs_dir", TrainConfig.runs_dir))
-        try:
-            ckpt = resolve_checkpoint(run_dir)
-            state = read_state(ckpt)
-        except CheckpointError as e:
-            raise ConfigError(f"cannot resume {run_dir}: {e}") from e
+        run_dir, ckpt, notes = resume_point(args.resume, overrides.get("runs_dir", TrainConfig.runs_dir))
+        state = ckpt.state
         base = state.get("train_config") or _config_dict(run_dir / "config.json")
         cfg = TrainConfig.from_dict({**base, **overrides, "run_name": run_dir.name, "runs_dir": str(run_dir.parent)})
         if cfg.total_batch_tokens is None:
             # Pin the total batch the run was trained with, so resuming on another number of processes
             # changes the accumulation, not the batch.
             cfg.total_batch_tokens = state.get("tokens_per_step")
-        return Plan(cfg, run_dir, ckpt)
+        if notes:
+            notes.append(f"resuming from the newest checkpoint that loads: {ckpt.path.name}")
+        return Plan(cfg, run_dir, ckpt, notes)
     base = _config_dict(Path(args.config)) if args.config else {}
     cfg = TrainConfig.from_dict({**base, **overrides})
     if not cfg.run_name:
@@ -166,7 +186,7 @@ def _starting_model(plan: Plan, log: Log) -> tuple[GPT, Checkpoint | None]:
         model = _init_model(cfg, log)
         _adopt_model_config(cfg, model.config)
         return model, None
-    ck = load_checkpoint(plan.resume_from)
+    ck = plan.resume_from
     model = GPT(cfg.model_config())
     try:
         load_clean_state_dict(model, ck.model_state)
@@ -343,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.is_main:
             run_lock = hold_run_lock(plan.run_dir)  # one writer per run: a second one is refused (exit 2)
             report.open(_open_run_folder(plan, argv))
+        for note in plan.notes:
+            report.log(note)
         trainer = Trainer(build_training(plan, ctx, report.log), ctx, stop, report)
         total = trainer.cadence.total_steps
         if trainer.run():

@@ -13,7 +13,7 @@ from core.config import ConfigError, TrainConfig, model_config
 from core.metrics import MetricsWriter, read_all
 from core.model import GPT
 from core.runs import list_checkpoints
-from tests.helpers import MICRO, run_cmd, train_cmd
+from tests.helpers import MICRO, records, run_cmd, train_cmd
 
 # --- 1. checkpoints past step 999,999 ----------------------------------------------------------------
 
@@ -185,3 +185,27 @@ def test_non_finite_gradients_in_a_row_fail_the_run_with_finite_checkpoints(tmp_
     assert ckpts and all(
         all(torch.isfinite(t).all() for t in load_file(ck / "model.safetensors").values()) for ck in ckpts
     )
+
+
+# --- 4. a corrupt newest checkpoint --------------------------------------------------------------------
+
+
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path):
+    base = [*MICRO, "--run-name", "c", "--ckpt-interval", "2", "--keep-last", "3", "--seed", "5"]
+    assert run_cmd(train_cmd(tmp_path, *base, "--max-steps", "4"), timeout=180).returncode == 0
+    newest = tmp_path / "c" / "ckpt" / "step-000004" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated on disk
+    r = run_cmd(train_cmd(tmp_path, "--resume", "c", "--max-steps", "6"), timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert "skipping checkpoint step-000004" in r.stdout and "resuming from" in r.stdout and "step-000002" in r.stdout
+    steps = [rec["step"] for rec in records(tmp_path / "c", "train")]
+    assert steps[-3:] == [4, 5, 6]  # steps 3-4 trained again from step 2, then on to 6
+
+
+def test_resume_takes_a_checkpoint_folder(tmp_path):
+    base = [*MICRO, "--run-name", "d", "--ckpt-interval", "2", "--keep-last", "3"]
+    assert run_cmd(train_cmd(tmp_path, *base, "--max-steps", "4"), timeout=180).returncode == 0
+    ckpt = tmp_path / "d" / "ckpt" / "step-000002"
+    r = run_cmd(train_cmd(tmp_path, "--resume", str(ckpt), "--max-steps", "3"), timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert records(tmp_path / "d", "train")[-1]["step"] == 3
