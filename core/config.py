@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,14 +53,15 @@ class ModelConfig:
     def validate(self) -> ModelConfig:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if int(getattr(self, name)) < 1:
-                raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}", field=name)
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                f"pick n_head from {[h for h in range(1, 33) if self.n_embd % h == 0]}"
+                f"pick n_head from {[h for h in range(1, 33) if self.n_embd % h == 0]}",
+                field="n_head",
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}", field="dropout")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,35 +189,18 @@ class TrainConfig:
         return self.max_steps
 
     def validate(self, world_size: int | None = None) -> TrainConfig:
-        mc = self.model_config()
-        checks = [
-            (self.batch_size >= 1, "batch_size", "batch_size must be >= 1"),
-            (self.max_steps >= 1 or bool(self.max_tokens), "max_steps", "max_steps must be >= 1"),
-            (self.lr > 0, "lr", "lr must be > 0"),
-            (0 <= self.effective_min_lr <= self.lr, "min_lr", "min_lr must be between 0 and lr"),
-            (self.warmup_steps >= 0, "warmup_steps", "warmup_steps must be >= 0"),
-            (self.weight_decay >= 0, "weight_decay", "weight_decay must be >= 0"),
-            (0 <= self.beta1 < 1, "beta1", "beta1 must be in [0, 1)"),
-            (0 <= self.beta2 < 1, "beta2", "beta2 must be in [0, 1)"),
-            (self.grad_clip >= 0, "grad_clip", "grad_clip must be >= 0 (0 disables clipping)"),
-            (self.eval_interval >= 0, "eval_interval", "eval_interval must be >= 0 (0: never)"),
-            (self.ckpt_interval >= 0, "ckpt_interval", "ckpt_interval must be >= 0 (0: only at the end)"),
-            (self.eval_batches >= 1, "eval_batches", "eval_batches must be >= 1"),
-            (self.log_interval >= 1, "log_interval", "log_interval must be >= 1"),
-            (self.keep_last >= 1, "keep_last", "keep_last must be >= 1"),
-            (0 < self.val_fraction < 1 or self.val_data is not None, "val_fraction", "val_fraction must be in (0, 1)"),
-            (self.device in ("auto", "cpu", "cuda", "mps"), "device", "device must be auto, cpu, cuda or mps"),
-            (
-                self.precision in ("auto", "fp32", "bf16", "fp16"),
-                "precision",
-                "precision must be auto, fp32, bf16 or fp16",
-            ),
-            (self.nproc >= 1, "nproc", "nproc must be >= 1"),
-            (self.parallel == "ddp", "parallel", f"parallel {self.parallel!r} is not available; use ddp"),
-        ]
-        for ok, name, message in checks:
+        """Check every field (type, then range); ConfigError naming the first field that cannot work."""
+        for name, expected in _FIELD_TYPES.items():
+            if not _has_type(getattr(self, name), expected):
+                raise ConfigError(f"{name} must be {_type_words(expected)}, got {getattr(self, name)!r}", field=name)
+        for ok, name, message in self._range_checks():
             if not ok:
                 raise ConfigError(message, field=name)
+        if self.run_name:
+            from core.runs import validate_run_name  # core.runs imports this module
+
+            validate_run_name(self.run_name)
+        mc = self.model_config()
         if self.seq_len is not None and not 1 <= self.seq_len <= mc.block_size:
             raise ConfigError(
                 f"seq_len ({self.seq_len}) must be between 1 and the model's block_size ({mc.block_size})",
@@ -222,6 +208,60 @@ class TrainConfig:
             )
         self.grad_accum_steps(world_size or self.nproc)
         return self
+
+    def _range_checks(self) -> list[tuple[bool, str, str]]:
+        def at_least(name: str, low: int) -> tuple[bool, str, str]:
+            value = getattr(self, name)
+            return value is None or value >= low, name, f"{name} must be >= {low}, got {value}"
+
+        return [
+            (bool(self.runs_dir), "runs_dir", "runs_dir is empty; give the folder that holds the runs"),
+            (self.preset in PRESETS, "preset", f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}"),
+            *(at_least(name, 1) for name in ("n_layer", "n_head", "n_embd", "block_size")),
+            (0.0 <= self.dropout < 1.0, "dropout", f"dropout must be in [0, 1), got {self.dropout}"),
+            (bool(self.data), "data", "data is empty; give a corpus (a file, a folder, hf:<dataset>) or shakespeare"),
+            (self.val_data != "", "val_data", "val_data is empty; give a validation source or leave it unset"),
+            (0 < self.val_fraction < 1 or self.val_data is not None, "val_fraction", "val_fraction must be in (0, 1)"),
+            at_least("data_token_budget", 1),
+            (bool(self.data_cache), "data_cache", "data_cache is empty; give a folder for the token cache"),
+            at_least("batch_size", 1),
+            at_least("seq_len", 1),
+            at_least("total_batch_tokens", 1),
+            (self.max_steps >= 1 or bool(self.max_tokens), "max_steps", "max_steps must be >= 1"),
+            at_least("max_tokens", 1),
+            (self.lr > 0, "lr", "lr must be > 0"),
+            (0 <= self.effective_min_lr <= self.lr, "min_lr", "min_lr must be between 0 and lr"),
+            at_least("warmup_steps", 0),
+            (self.weight_decay >= 0, "weight_decay", "weight_decay must be >= 0"),
+            (0 <= self.beta1 < 1, "beta1", "beta1 must be in [0, 1)"),
+            (0 <= self.beta2 < 1, "beta2", "beta2 must be in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip", "grad_clip must be >= 0 (0 disables clipping)"),
+            (self.eval_interval >= 0, "eval_interval", "eval_interval must be >= 0 (0: never)"),
+            at_least("eval_batches", 1),
+            (self.ckpt_interval >= 0, "ckpt_interval", "ckpt_interval must be >= 0 (0: only at the end)"),
+            at_least("keep_last", 1),
+            (self.sample_interval >= 0, "sample_interval", "sample_interval must be >= 0 (0: never)"),
+            at_least("sample_tokens", 1),
+            at_least("log_interval", 1),
+            (0 <= self.seed < 2**63, "seed", f"seed must be between 0 and 2**63 - 1, got {self.seed}"),
+            (self.device in ("auto", "cpu", "cuda", "mps"), "device", "device must be auto, cpu, cuda or mps"),
+            (self.precision in PRECISIONS, "precision", "precision must be auto, fp32, bf16 or fp16"),
+            (bool(self.init_from), "init_from", "init_from is empty; give scratch, a run, a checkpoint or a GPT-2"),
+            at_least("nproc", 1),
+            (self.parallel == "ddp", "parallel", f"parallel {self.parallel!r} is not available; use ddp"),
+        ]
+
+    def with_absolute_paths(self, base: str | Path | None = None) -> TrainConfig:
+        """A copy whose local data, val_data and init_from paths are absolute (relative ones taken from base, by
+        default the working folder), so a trainer started in another folder reads the files that were checked.
+        Names that are not local paths (bundled corpora, hf:..., hub ids, run names) are kept as they are."""
+        root = Path(base) if base is not None else Path.cwd()
+        out = dataclasses.replace(self)
+        for name in ("data", "val_data", "init_from"):
+            value = getattr(out, name)
+            if value and not value.startswith("hf:") and not Path(value).is_absolute() and (root / value).exists():
+                setattr(out, name, str((root / value).resolve()))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -252,3 +292,37 @@ def read_config_json(path: str | Path) -> Any:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"config file {p} is not valid JSON: {e}") from e
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _alternatives(annotation: Any) -> tuple[Any, ...]:
+    """int | None -> (int, NoneType); int -> (int,)."""
+    union = typing.get_origin(annotation) in (types.UnionType, typing.Union)
+    return typing.get_args(annotation) if union else (annotation,)
+
+
+def _has_type(value: Any, expected: Any) -> bool:
+    """isinstance against a field's annotation (int | None, dict[str, Any], ...); a bool is not a number."""
+    options = (
+        typing.get_args(expected) if typing.get_origin(expected) in (types.UnionType, typing.Union) else (expected,)
+    )
+    for option in options:
+        base = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return True
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if base in (str, bool, dict) and isinstance(value, base):
+            return True
+    return False
+
+
+def _type_words(expected: Any) -> str:
+    names = {int: "a whole number", float: "a number", str: "text", bool: "true or false", dict: "a JSON object"}
+    words = [names.get(typing.get_origin(a) or a, "none") for a in _alternatives(expected)]
+    return " or ".join(w if w != "none" else "unset (null)" for w in words)

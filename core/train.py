@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
+import shutil
 import sys
 import traceback
 from collections.abc import Callable
@@ -356,11 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     ctx: D.DistContext | None = None
     trainer: Trainer | None = None
     run_lock: RunLock | None = None
+    made_folder: Path | None = None  # a run folder this process created: removed again if the config is refused
     try:
         ctx = D.setup(_device_preference(args))
         report.console = ctx.is_main
         plan = plan_run(args, ctx)
         if ctx.is_main:
+            made_folder = None if plan.run_dir.exists() else plan.run_dir
             run_lock = hold_run_lock(plan.run_dir)  # one writer per run: a second one is refused (exit 2)
             report.open(_open_run_folder(plan, argv))
         for note in plan.notes:
@@ -377,14 +380,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as e:
         code, message = _failure(e, trainer, ctx)
-        # A refused resume leaves the run as it was (stopped, resumable), so it is not marked failed.
-        refused_resume = code == 2 and bool(args.resume) and trainer is None
-        report.failed(trainer.state.step if trainer else None, message, record=not refused_resume)
+        # Refused before any training: a resume leaves the run as it was (stopped, resumable), and a new run
+        # typed by hand leaves no folder behind (a background job's folder was made by core.jobs and is kept).
+        refused = code == 2 and trainer is None
+        report.failed(trainer.state.step if trainer else None, message, record=not (refused and args.resume))
+        if not refused:
+            made_folder = None
         return code
     finally:
         report.close()
         if run_lock:
             run_lock.release()
+        if made_folder:
+            shutil.rmtree(made_folder, ignore_errors=True)
         D.teardown()
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -13,7 +14,7 @@ from core.config import ConfigError, TrainConfig, model_config
 from core.metrics import MetricsWriter, read_all
 from core.model import GPT
 from core.runs import list_checkpoints
-from tests.helpers import MICRO, records, run_cmd, train_cmd
+from tests.helpers import MICRO, ROOT, records, run_cmd, train_cmd, wait_for
 
 # --- 1. checkpoints past step 999,999 ----------------------------------------------------------------
 
@@ -209,3 +210,23 @@ def test_resume_takes_a_checkpoint_folder(tmp_path):
     r = run_cmd(train_cmd(tmp_path, "--resume", str(ckpt), "--max-steps", "3"), timeout=180)
     assert r.returncode == 0, r.stderr
     assert records(tmp_path / "d", "train")[-1]["step"] == 3
+
+
+# --- 15. relative paths are resolved where they were checked ----------------------------------------------
+
+
+def test_a_relative_data_path_is_saved_absolute_and_trains_from_another_folder(tmp_path):
+    corpus = tmp_path / "work" / "corpus.txt"
+    corpus.parent.mkdir()
+    corpus.write_text("To be, or not to be: that is the question. " * 400)
+    runs = tmp_path / "runs"
+    r = subprocess.run(
+        [sys.executable, "-m", "core.jobs", "--runs-dir", str(runs), "launch", "--preset", "micro",
+         "--data", "corpus.txt", "--run-name", "rel", "--max-steps", "2", "--data-cache", str(tmp_path / "cache")],
+        cwd=corpus.parent, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((runs / "rel" / "config.json").read_text())
+    assert saved["data"] == str(corpus.resolve())
+    wait_for(lambda: [s for s in records(runs / "rel", "status") if s["state"] in ("done", "failed")], 120, "the end")
+    assert records(runs / "rel", "status")[-1]["state"] == "done", (runs / "rel" / "train.log").read_text()

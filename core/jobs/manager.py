@@ -203,6 +203,7 @@ class Jobs:
         auto_suffix), DeviceBusy when the device is (see the resource policy in core/jobs/__init__.py).
         """
         config = TrainConfig.from_dict(dict(config)) if isinstance(config, dict) else dataclasses.replace(config)
+        config = config.with_absolute_paths()  # the trainer runs in the repo root, not in the caller's folder
         auto_name = not config.run_name
         config.run_name = config.run_name or default_run_name(config)
         validate_run_name(config.run_name)
