@@ -109,6 +109,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     data_token_budget: int | None = None  # cap on tokens taken from a streamed dataset
     data_cache: str = "data/cache"
+    shard_tokens: int = 100_000_000  # tokens per cache shard file (2 bytes each); part of the cache key
     # batch
     batch_size: int = 16  # micro-batch per process
     seq_len: int | None = None  # defaults to the model's block_size
@@ -200,6 +201,7 @@ class TrainConfig:
             (self.eval_batches >= 1, "eval_batches", "eval_batches must be >= 1"),
             (self.keep_last >= 1, "keep_last", "keep_last must be >= 1"),
             (0 < self.val_fraction < 1 or self.val_data is not None, "val_fraction", "val_fraction must be in (0, 1)"),
+            (self.shard_tokens >= 1, "shard_tokens", "shard_tokens must be >= 1"),
             (self.device in ("auto", "cpu", "cuda", "mps"), "device", "device must be auto, cpu, cuda or mps"),
             (
                 self.precision in ("auto", "fp32", "bf16", "fp16"),

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = {"shakespeare": ROOT / "data" / "tinyshakespeare.txt"}
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 CACHE_VERSION = 1
-SHARD_TOKENS = 100_000_000  # 200 MB per shard
+SHARD_TOKENS = 100_000_000  # 200 MB per shard (the default of --shard-tokens)
 POOL_MIN_BYTES = 8_000_000  # below this, one process tokenizes faster than a pool starts
 CHUNK_CHARS = 1_000_000  # text handed to one tokenizer worker at a time
 
@@ -213,11 +213,13 @@ def _tokenize_to(
     return writer.n
 
 
-def _write_shards(raw: Path, start: int, end: int, out_dir: Path, split: str) -> list[dict[str, Any]]:
+def _write_shards(
+    raw: Path, start: int, end: int, out_dir: Path, split: str, shard_tokens: int
+) -> list[dict[str, Any]]:
     tokens = np.memmap(raw, dtype=np.uint16, mode="r")
     shards = []
-    for i, lo in enumerate(range(start, end, SHARD_TOKENS)):
-        hi = min(end, lo + SHARD_TOKENS)
+    for i, lo in enumerate(range(start, end, shard_tokens)):
+        hi = min(end, lo + shard_tokens)
         name = f"{split}-{i:05d}.bin"
         with open(out_dir / name, "wb") as f:
             f.write(tokens[lo:hi].tobytes())
@@ -272,6 +274,7 @@ def prepare(
     token_budget: int | None = None,
     workers: int | None = None,
     log: Log = print,
+    shard_tokens: int = SHARD_TOKENS,
 ) -> Path:
     """Tokenize a source into <cache_dir>/<name>-<hash>/ (train/val shards + meta.json); reuse if there."""
     train_src = _make_source(data, data_config, token_budget)
@@ -284,6 +287,7 @@ def prepare(
         "train": train_src.key,
         "val": val_src.key if val_src else None,
         "val_fraction": None if val_src else val_fraction,
+        "shard_tokens": shard_tokens,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     root = Path(cache_dir)
@@ -304,8 +308,8 @@ def prepare(
             nv = _tokenize_to(val_src.documents(log), val_raw, workers, val_src.total_bytes, token_budget, log)
             if nv < 2:
                 raise DataError(f"validation source {val_data!r} has {nv} token(s); it needs at least 2")
-            train = _write_shards(raw, 0, n, tmp, "train")
-            val = _write_shards(val_raw, 0, nv, tmp, "val")
+            train = _write_shards(raw, 0, n, tmp, "train", shard_tokens)
+            val = _write_shards(val_raw, 0, nv, tmp, "val", shard_tokens)
             val_raw.unlink()
         else:
             n_val = int(n * val_fraction)
@@ -314,8 +318,8 @@ def prepare(
                     f"data source {data!r} has only {n} tokens: too few to split into train and val; "
                     "give a bigger corpus"
                 )
-            train = _write_shards(raw, 0, n - n_val, tmp, "train")
-            val = _write_shards(raw, n - n_val, n, tmp, "val")
+            train = _write_shards(raw, 0, n - n_val, tmp, "train", shard_tokens)
+            val = _write_shards(raw, n - n_val, n, tmp, "val", shard_tokens)
         raw.unlink()
         meta = {
             "source": data,
@@ -342,9 +346,22 @@ def prepare(
         raise
 
 
+def _data_key(key: dict[str, Any]) -> str:
+    """What identifies the tokens of a cache: its key without the shard size, which changes no batch."""
+    tokens_only = {k: v for k, v in key.items() if k != "shard_tokens"}
+    return hashlib.sha256(json.dumps(tokens_only, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def prepare_for(cfg: TrainConfig, log: Log = print) -> Path:
     return prepare(
-        cfg.data, cfg.data_cache, cfg.val_fraction, cfg.val_data, cfg.data_config, cfg.data_token_budget, log=log
+        cfg.data,
+        cfg.data_cache,
+        cfg.val_fraction,
+        cfg.val_data,
+        cfg.data_config,
+        cfg.data_token_budget,
+        log=log,
+        shard_tokens=cfg.shard_tokens,
     )
 
 
@@ -385,14 +402,16 @@ class BatchLoader:
         self.B, self.T, self.seed, self.shuffle = batch_size, seq_len, seed, shuffle
         self.device = torch.device(device)
         self.shards = [np.memmap(Path(cache) / s["file"], dtype=np.uint16, mode="r") for s in meta["shards"][split]]
-        self.data_key = hashlib.sha256(json.dumps(meta["key"], sort_keys=True).encode()).hexdigest()[:16]
-        n_min = sum(self._window_counts(seq_len - 1 if shuffle else 0))
+        # Where each shard starts in the split's token stream: windows run across shard boundaries, so the
+        # batches do not depend on the shard size.
+        self.bounds = np.concatenate([[0], np.cumsum([len(s) for s in self.shards], dtype=np.int64)])
+        self.data_key = _data_key(meta["key"])
+        n_min = self._window_count(seq_len - 1 if shuffle else 0)
         need = batch_size if shuffle else 1
         if n_min < need:
-            tokens = sum(len(s) for s in self.shards)
             raise DataError(
-                f"the {split} split of {meta['source']!r} has {tokens:,} tokens, fewer than one batch of "
-                f"batch_size x (seq_len + 1) = {batch_size} x {seq_len + 1} tokens; use a bigger corpus or "
+                f"the {split} split of {meta['source']!r} has {int(self.bounds[-1]):,} tokens, fewer than one "
+                f"batch of batch_size x (seq_len + 1) = {batch_size} x {seq_len + 1} tokens; use a bigger corpus or "
                 "lower --batch-size / --seq-len"
             )
         # Every epoch has the same number of micro-batches (that of the largest offset), so the epoch
@@ -400,27 +419,34 @@ class BatchLoader:
         self.batches_per_epoch = n_min // batch_size if shuffle else max(1, n_min // batch_size)
         self._epoch: int | None = None
         self._order: np.ndarray | None = None
-        self._starts: np.ndarray | None = None
 
-    def _window_counts(self, offset: int) -> list[int]:
-        """Windows per shard of seq_len + 1 tokens that start at offset + i * seq_len."""
-        return [max(0, (len(s) - 1 - offset) // self.T) for s in self.shards]
+    def _window_count(self, offset: int) -> int:
+        """Windows of seq_len + 1 tokens that start at offset + i * seq_len in the split's token stream."""
+        return max(0, (int(self.bounds[-1]) - 1 - offset) // self.T)
 
     def _epoch_plan(self, epoch: int) -> None:
         if self._epoch == epoch:
             return
         rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
         offset = int(rng.integers(self.T)) if rng is not None else 0
-        self._starts = np.concatenate([[0], np.cumsum(self._window_counts(offset))])
-        n = int(self._starts[-1])
+        n = self._window_count(offset)
         self._order = rng.permutation(n) if rng is not None else np.arange(n)
         self._offset, self._epoch = offset, epoch
 
     def window(self, w: int) -> np.ndarray:
         """Tokens of window w (seq_len + 1 of them) in the current epoch's numbering."""
-        shard = int(np.searchsorted(self._starts, w, side="right")) - 1
-        i = self._offset + (w - int(self._starts[shard])) * self.T
-        return self.shards[shard][i : i + self.T + 1]
+        lo = self._offset + w * self.T
+        hi = lo + self.T + 1
+        first = int(np.searchsorted(self.bounds, lo, side="right")) - 1  # the shards holding tokens lo .. hi - 1
+        last = int(np.searchsorted(self.bounds, hi - 1, side="right")) - 1
+        if first == last:
+            b = int(self.bounds[first])
+            return self.shards[first][lo - b : hi - b]
+        parts = []
+        for i in range(first, last + 1):
+            b = int(self.bounds[i])
+            parts.append(self.shards[i][max(lo - b, 0) : hi - b])
+        return np.concatenate(parts)
 
     def batch(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Global micro-batch g as (x, y) int64 tensors on the loader's device."""
@@ -456,9 +482,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-config", default=None)
     p.add_argument("--data-token-budget", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--shard-tokens", type=int, default=SHARD_TOKENS, help="tokens per shard file (2 bytes each)")
     a = p.parse_args(argv)
+    if a.shard_tokens < 1:
+        p.error("--shard-tokens must be >= 1")
     try:
-        out = prepare(a.data, a.data_cache, a.val_fraction, a.val_data, a.data_config, a.data_token_budget, a.workers)
+        out = prepare(
+            a.data,
+            a.data_cache,
+            a.val_fraction,
+            a.val_data,
+            a.data_config,
+            a.data_token_budget,
+            a.workers,
+            shard_tokens=a.shard_tokens,
+        )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
