@@ -15,6 +15,7 @@ the sequences 1 process x 2A sees, ranks never overlap, and the loader state is 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -44,6 +45,11 @@ CACHE_VERSION = 1
 SHARD_TOKENS = 100_000_000  # 200 MB per shard (the default of --shard-tokens)
 POOL_MIN_BYTES = 8_000_000  # below this, one process tokenizes faster than a pool starts
 CHUNK_CHARS = 1_000_000  # text handed to one tokenizer worker at a time
+TMP_MARK = ".tmp-"  # a cache being built is <cache_dir>/.<name>.tmp-XXXX until it is renamed into place
+# flock()ed by the preparer for its whole life: the kernel drops the lock when the process dies, however it
+# dies, so a temp folder whose lock nobody holds was left by a preparation that can never finish it.
+LOCK_FILE = ".lock"
+UNLOCKED_GRACE_S = 60  # a temp folder without a lock file this young may be one being created this instant
 
 Log = Callable[[str], None]
 
@@ -259,6 +265,83 @@ def _make_source(spec: str, hf_config: str | None, budget: int | None) -> _Sourc
     return _Source(spec, key, documents, sum(p.stat().st_size for p in files))
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _new_temp(root: Path, final: Path) -> tuple[Path, int]:
+    """A fresh temp folder for `final` and the fd of its lock, held until the fd is closed."""
+    while True:
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}{TMP_MARK}"))
+        fd = os.open(tmp / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(fd, tmp / LOCK_FILE):  # else a sweep took the lock before this process did: try again
+            os.write(fd, f"{os.getpid()}\n".encode())  # for a person wondering who is writing here
+            return tmp, fd
+        os.close(fd)
+
+
+def _lock_if_stale(folder: Path) -> int | None:
+    """The fd of folder's lock when no live preparer holds it (close it to release), else None."""
+    try:
+        if not (folder / LOCK_FILE).exists() and time.time() - folder.stat().st_mtime < UNLOCKED_GRACE_S:
+            return None
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # gone meanwhile, or not a folder
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    if _same_file(fd, folder / LOCK_FILE):
+        return fd
+    os.close(fd)  # its preparer finished (renamed the folder) or another sweep removed it
+    return None
+
+
+def _sweep_stale(root: Path, log: Log) -> None:
+    """Remove the temp folders of preparations that died (SIGKILL, power loss), never those of live ones."""
+    for folder in root.glob(f".*{TMP_MARK}*"):
+        fd = _lock_if_stale(folder)
+        if fd is None:
+            continue
+        try:
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+            log(f"removed {folder}, left by an interrupted preparation ({size / 1e6:,.1f} MB)")
+        finally:
+            os.close(fd)
+
+
+def _publish(tmp: Path, final: Path, meta: dict[str, Any]) -> None:
+    """Write meta.json and rename tmp to final, durably: after a power loss the cache is complete or absent."""
+    with open(tmp / "meta.json", "w") as f:
+        f.write(json.dumps(meta, indent=1) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    (tmp / LOCK_FILE).unlink()  # the lock itself stays held (by the open fd) until prepare returns
+    _fsync_dir(tmp)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process (e.g. another node's rank 0) finished the same cache first
+        if not (final / "meta.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(final.parent)
+
+
 def _cache_name(spec: str, digest: str) -> str:
     stem = Path(spec[3:] if spec.startswith("hf:") else spec).name or "data"
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)[:40]
@@ -296,7 +379,8 @@ def prepare(
         return final
     root.mkdir(parents=True, exist_ok=True)
     workers = workers or min(os.cpu_count() or 1, 16)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.tmp-"))
+    _sweep_stale(root, log)
+    tmp, lock = _new_temp(root, final)
     try:
         log(f"preparing {data!r} -> {final} ({workers} worker(s))")
         raw = tmp / "all.raw"
@@ -332,18 +416,14 @@ def prepare(
             "shards": {"train": train, "val": val},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process (e.g. another node's rank 0) finished the same cache first
-            if not (final / "meta.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, final, meta)
         log(f"prepared {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens")
         return final
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
 
 
 def _data_key(key: dict[str, Any]) -> str:

@@ -1,12 +1,17 @@
 """Data at full scale: shard size as a setting (same batches, same training, exact resume across shards)."""
 
+import os
+import signal
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from core import data
 from core.data import BatchLoader, prepare, read_meta
-from tests.helpers import CACHE, MICRO, records, run_cmd, train_cmd
+from core.tokenizer import encode
+from tests.helpers import CACHE, MICRO, ROOT, records, run_cmd, train_cmd, wait_for
 
 TINY = 1000  # tokens per shard: every few batches cross a shard boundary
 
@@ -99,3 +104,88 @@ def test_cli_shard_tokens(tmp_path):
     assert meta["train_tokens"] > 500 and meta["key"]["shard_tokens"] == 100
     bad = run_cmd([sys.executable, *cmd, "--shard-tokens", "0"], timeout=120)
     assert bad.returncode == 2 and "--shard-tokens must be >= 1" in bad.stderr
+
+
+# --- leftovers of a killed preparation -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_corpus(tmp_path_factory):
+    """~30 MB of text: one process tokenizes it for several seconds, long enough to be killed midway."""
+    path = tmp_path_factory.mktemp("big") / "big.txt"
+    path.write_text((ROOT / "data" / "tinyshakespeare.txt").read_text() * 27)
+    return path
+
+
+def _temp_folders(cache):
+    return [p for p in cache.iterdir() if ".tmp-" in p.name] if cache.exists() else []
+
+
+def _writing(cache):
+    """The temp folder of a preparation that has written some tokens, once there is one."""
+    for tmp in _temp_folders(cache):
+        if any(f.is_file() and f.stat().st_size > 100_000 for f in tmp.iterdir()):
+            return tmp
+    return None
+
+
+def _start_preparing(corpus, cache):
+    cmd = [sys.executable, "-m", "core.data", "--data", str(corpus), "--data-cache", str(cache), "--workers", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: _writing(cache) or proc.poll() is not None, 120, "the preparation to write tokens")
+    assert proc.poll() is None, "the preparation ended before it could be interrupted: " + proc.stdout.read()
+    return proc
+
+
+def _all_tokens(cache):
+    meta = read_meta(cache)
+    parts = [np.fromfile(cache / s["file"], dtype=np.uint16) for s in meta["shards"]["train"] + meta["shards"]["val"]]
+    return np.concatenate(parts)
+
+
+def test_a_killed_preparation_leaves_nothing_behind(big_corpus, tmp_path):
+    cache = tmp_path / "cache"
+    proc = _start_preparing(big_corpus, cache)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert _temp_folders(cache), "the kill should leave a temp folder for the next preparation to deal with"
+    out = prepare(str(big_corpus), cache, workers=1, log=lambda _: None)
+    assert _temp_folders(cache) == []
+    expected = encode(big_corpus.read_text(), allow_special=False) + [50256]
+    assert np.array_equal(_all_tokens(out), np.asarray(expected, dtype=np.uint16))
+
+
+def test_a_live_preparation_is_not_swept(big_corpus, tmp_path):
+    cache = tmp_path / "cache"
+    proc = _start_preparing(big_corpus, cache)
+    try:
+        live = _writing(cache)
+        small = tmp_path / "small.txt"
+        small.write_text("another corpus prepared meanwhile. " * 300)
+        prepare(str(small), cache, log=lambda _: None)  # sweeps stale temp folders: must spare the live one
+        assert proc.poll() is None, "the big preparation ended too soon for the test to mean anything"
+        assert live.is_dir()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert _temp_folders(cache) == []
+    assert read_meta(out.splitlines()[-1].split()[0])["source"] == str(big_corpus)
+
+
+def test_meta_and_folders_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(data.os, "fsync", fsync)
+    (tmp_path / "c.txt").write_text("text that must reach the disk. " * 200)
+    out = prepare(str(tmp_path / "c.txt"), tmp_path / "cache", log=lambda _: None)
+    temp = [p for p in synced if ".tmp-" in p]
+    assert any(p.endswith("/meta.json") for p in temp), synced
+    assert any(".tmp-" in p.rsplit("/", 1)[-1] for p in temp), "the temp folder itself is fsynced"
+    assert str(out.parent) in synced, "the cache root is fsynced after the rename"
