@@ -1,19 +1,36 @@
 """Data at full scale: shard size as a setting (same batches, same training, exact resume across shards)."""
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import types
 
 import numpy as np
+import psutil
 import pytest
 
 from core import data
-from core.data import BatchLoader, prepare, read_meta
+from core.data import BatchLoader, DataError, prepare, read_meta
 from core.tokenizer import encode
 from tests.helpers import CACHE, MICRO, ROOT, records, run_cmd, train_cmd, wait_for
 
 TINY = 1000  # tokens per shard: every few batches cross a shard boundary
+
+
+def _split_tokens(cache, split):
+    return np.concatenate([np.fromfile(cache / s["file"], dtype=np.uint16) for s in read_meta(cache)["shards"][split]])
+
+
+def _all_tokens(cache):
+    return np.concatenate([_split_tokens(cache, "train"), _split_tokens(cache, "val")])
+
+
+def _reference(docs):
+    """The token stream of documents, encoded one by one: each followed by <|endoftext|>."""
+    return np.asarray([t for d in docs if d.strip() for t in [*encode(d, allow_special=False), 50256]], np.uint16)
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +43,8 @@ def one_and_tiny(tmp_path_factory):
 
 
 def test_tiny_shards_hold_the_same_tokens(one_and_tiny):
+    for split in ("train", "val"):
+        assert np.array_equal(*(_split_tokens(c, split) for c in one_and_tiny))
     one, tiny = (read_meta(c) for c in one_and_tiny)
     assert len(one["shards"]["train"]) == 1 and len(tiny["shards"]["train"]) > 100
     assert all(s["tokens"] == TINY for s in tiny["shards"]["train"][:-1])
@@ -137,12 +156,6 @@ def _start_preparing(corpus, cache):
     return proc
 
 
-def _all_tokens(cache):
-    meta = read_meta(cache)
-    parts = [np.fromfile(cache / s["file"], dtype=np.uint16) for s in meta["shards"]["train"] + meta["shards"]["val"]]
-    return np.concatenate(parts)
-
-
 def test_a_killed_preparation_leaves_nothing_behind(big_corpus, tmp_path):
     cache = tmp_path / "cache"
     proc = _start_preparing(big_corpus, cache)
@@ -189,3 +202,219 @@ def test_meta_and_folders_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     assert any(p.endswith("/meta.json") for p in temp), synced
     assert any(".tmp-" in p.rsplit("/", 1)[-1] for p in temp), "the temp folder itself is fsynced"
     assert str(out.parent) in synced, "the cache root is fsynced after the rename"
+
+
+# --- FineWeb-Edu format: resumable, budgeted, with progress and a disk check ----------------------------
+
+
+def _fineweb_docs(n_chars):
+    """Web-page-sized documents (a few KB) cut from the bundled corpus, n_chars in all."""
+    paragraphs = (ROOT / "data" / "tinyshakespeare.txt").read_text().split("\n\n")
+    docs, i, total = [], 0, 0
+    while total < n_chars:
+        docs.append("\n\n".join(paragraphs[i % len(paragraphs) : i % len(paragraphs) + 1 + i % 13]))
+        docs[-1] += f" (page {len(docs)})"  # every document differs
+        total += len(docs[-1])
+        i += 7
+    return docs
+
+
+def _fineweb_records(docs):
+    """Rows with FineWeb-Edu's columns (text first; the others are ignored)."""
+    return [
+        {
+            "text": d,
+            "id": f"<urn:uuid:{i:08d}>",
+            "dump": "CC-MAIN-2024-10",
+            "url": f"https://example.org/{i}",
+            "language": "en",
+            "language_score": 0.97,
+            "token_count": len(d) // 4,
+            "score": 3.2,
+            "int_score": 3,
+        }
+        for i, d in enumerate(docs)
+    ]
+
+
+def _write_fineweb(folder, docs, fmt, files=6):
+    folder.mkdir()
+    rows = _fineweb_records(docs)
+    per = -(-len(rows) // files)
+    for k in range(files):
+        part = rows[k * per : (k + 1) * per]
+        path = folder / f"000_{k:05d}.{fmt}"
+        if fmt == "jsonl":
+            path.write_text("".join(json.dumps(r) + "\n" for r in part))
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(part), path, row_group_size=500)
+    return folder
+
+
+def _with_shards(cache, n):
+    """The temp folder of a preparation that has recorded at least n train shards, once there is one."""
+    for tmp in _temp_folders(cache):
+        try:
+            progress = json.loads((tmp / "progress.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if len(progress.get("train", {}).get("shards", [])) >= n:
+            return tmp
+    return None
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_fineweb_format_folder_resumes_after_a_kill(tmp_path, fmt):
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    docs = _fineweb_docs(15_000_000)
+    folder = _write_fineweb(tmp_path / "fineweb", docs, fmt)
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "core.data", "--data", str(folder), "--data-cache", str(cache)]
+    cmd += ["--shard-tokens", "400000", "--val-fraction", "0.05", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = wait_for(lambda: _with_shards(cache, 2) or proc.poll() is not None, 180, "two shards written")
+    assert proc.poll() is None, "the preparation ended before it could be interrupted"
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "the test means to kill a preparation that tokenizes in a pool"
+    proc.kill()
+    proc.wait(timeout=30)
+    wait_for(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), 30, "orphans")
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in tmp.glob("train-*.bin")}
+
+    again = run_cmd(cmd, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"resuming the interrupted preparation in {tmp}" in again.stdout
+    out = cache / again.stdout.splitlines()[-1].split()[0].rsplit("/", 1)[-1]
+    for name, stat in kept.items():  # the shards written before the kill were kept, not written again
+        assert ((out / name).stat().st_ino, (out / name).stat().st_mtime_ns) == stat
+    assert _temp_folders(cache) == []
+    expected = _reference(docs)
+    assert np.array_equal(_all_tokens(out), expected)
+    assert read_meta(out)["val_tokens"] == int(len(expected) * 0.05)
+    assert len(read_meta(out)["shards"]["train"]) > len(kept)
+
+
+class _FakeStream:
+    """Stands in for `datasets.load_dataset(..., streaming=True)`: rows of FineWeb-Edu's format, and a network
+    that fails once after `fail_after` rows."""
+
+    def __init__(self, docs, fail_after=None):
+        self.docs, self.fail_after, self.calls = docs, fail_after, []
+
+    def load_dataset(self, path, name=None, split=None, streaming=False):
+        self.calls.append((path, name, split, streaming))
+        fail_after, self.fail_after = self.fail_after, None
+        return self._rows(fail_after)
+
+    def _rows(self, fail_after):
+        for i, row in enumerate(_fineweb_records(self.docs)):
+            if i == fail_after:
+                raise ConnectionError("Read timed out")
+            yield row
+
+
+@pytest.fixture
+def fake_datasets(monkeypatch):
+    def install(stream):
+        module = types.ModuleType("datasets")
+        module.load_dataset = stream.load_dataset
+        monkeypatch.setitem(sys.modules, "datasets", module)
+        return stream
+
+    return install
+
+
+FINEWEB = "hf:HuggingFaceFW/fineweb-edu"
+PROGRESS_LINE = re.compile(r"  train: tokenized [\d,]+ / [\d,]+ tokens \(\d+\.\d%\), [\d,]+ tok/s, ETA \d+:\d\d:\d\d$")
+
+
+def test_a_stream_with_a_budget_resumes_after_a_network_error(tmp_path, fake_datasets, monkeypatch):
+    docs = _fineweb_docs(600_000)
+    stream = fake_datasets(_FakeStream(docs, fail_after=len(docs) // 2))
+    monkeypatch.setattr(data, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(data, "CHUNK_CHARS", 5_000)  # small tasks, so shards are written before the error
+    budget, cache, logs = 120_000, tmp_path / "cache", []
+    kw = dict(data_config="sample-10BT", token_budget=budget, val_fraction=0.01, workers=1, shard_tokens=10_000)
+    with pytest.raises(data.StreamError, match="Read timed out.*a rerun resumes"):
+        prepare(FINEWEB, cache, log=logs.append, **kw)
+    assert stream.calls == [("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", True)]
+    (tmp,) = _temp_folders(cache)
+    kept = {p.name: p.stat().st_mtime_ns for p in tmp.glob("train-*.bin")}
+    assert len(kept) >= 3 and any("run the same command again to resume" in m for m in logs)
+    assert any(PROGRESS_LINE.match(m) for m in logs), logs
+
+    logs.clear()
+    out = prepare(FINEWEB, cache, log=logs.append, **kw)
+    assert any(f"resuming the interrupted preparation in {tmp}" in m for m in logs), logs
+    assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept
+    assert np.array_equal(_all_tokens(out), _reference(docs)[:budget])  # the first `budget` tokens of the stream
+    meta = read_meta(out)
+    assert (meta["train_tokens"], meta["val_tokens"]) == (budget - 1200, 1200)
+    assert _temp_folders(cache) == []
+
+
+def test_disk_use_is_stated_and_checked_before_it_starts(tmp_path, fake_datasets):
+    stream = fake_datasets(_FakeStream(_fineweb_docs(20_000)))
+    cache, logs = tmp_path / "cache", []
+    free = data.shutil.disk_usage(tmp_path).free
+    try:
+        prepare(FINEWEB, cache, data_config="sample-10BT", token_budget=10**10, log=logs.append, workers=1)
+    except DataError as e:  # this disk has less than 20 GB free
+        assert free < 20e9 and "not enough disk space" in str(e)
+    assert any(m.startswith(f"this will write ~20.0 GB for 10B tokens to {cache}; free: ") for m in logs), logs
+
+    stream.calls.clear()
+    with pytest.raises(DataError, match=r"not enough disk space: preparing needs ~20,000,000.0 GB in .*--data-cache"):
+        prepare(FINEWEB, cache, data_config="sample-10BT", token_budget=10**16, log=lambda _: None)
+    assert stream.calls == [] and _temp_folders(cache) == []  # refused before streaming anything
+
+    (tmp_path / "c.txt").write_text("local text " * 3000)  # a local source: an estimate from its size
+    logs.clear()
+    prepare(str(tmp_path / "c.txt"), cache, log=logs.append)
+    assert any(re.match(r"this will write ~0\.0 MB for ~11K tokens to ", m) for m in logs), logs
+
+
+def test_a_stream_needs_a_budget(tmp_path, fake_datasets):
+    fake_datasets(_FakeStream(["x"]))
+    with pytest.raises(DataError, match="set a token budget with --data-token-budget"):
+        prepare(FINEWEB, tmp_path / "cache", data_config="sample-10BT")
+
+
+@pytest.mark.parametrize("fail", ["tail", "truncate", "rename"])
+def test_a_kill_while_splitting_off_val_is_redone(tmp_path, monkeypatch, fail):
+    """The last step moves the val tail out of the train shards; interrupted at any point, a rerun completes it."""
+    real_replace, real_truncate, calls = os.replace, os.truncate, []
+    real_split = data._Build.split_off_val
+
+    def replace(src, dst):
+        calls.append(dst)
+        if fail == ("tail" if len(calls) == 1 else "rename" if len(calls) == 4 else None):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    def truncate(path, length):
+        if fail == "truncate":
+            raise KeyboardInterrupt
+        real_truncate(path, length)
+
+    def split_off_val(self, n_val):
+        with monkeypatch.context() as m:
+            m.setattr(data.os, "replace", replace)
+            m.setattr(data.os, "truncate", truncate)
+            return real_split(self, n_val)
+
+    monkeypatch.setattr(data._Build, "split_off_val", split_off_val)
+    kw = dict(log=lambda _: None, shard_tokens=TINY, val_fraction=0.0314)  # the cut falls inside a shard
+    with pytest.raises(KeyboardInterrupt):
+        prepare("shakespeare", tmp_path / "cache", **kw)
+    monkeypatch.setattr(data._Build, "split_off_val", real_split)
+    out = prepare("shakespeare", tmp_path / "cache", **kw)
+    expected = _reference([(ROOT / "data" / "tinyshakespeare.txt").read_text()])
+    n_val = int(len(expected) * 0.0314)
+    assert np.array_equal(_split_tokens(out, "train"), expected[:-n_val])
+    assert np.array_equal(_split_tokens(out, "val"), expected[-n_val:])
+    assert all(s["tokens"] == TINY for s in read_meta(out)["shards"]["val"][1:-1])
