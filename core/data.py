@@ -29,7 +29,6 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -200,18 +199,6 @@ def _encode_task(task: list[Piece]) -> list[tuple[np.ndarray, int, bool]]:
             ids.append(EOT_TOKEN)
         out.append((np.asarray(ids, dtype=np.uint16), doc, last))
     return out
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Pool initializer: a tokenizer worker ends when its preparer does, even one killed by SIGKILL (its workers
-    would wait for tasks forever otherwise)."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def _in_order(fn: Callable[[Any], Any], tasks: Iterator[Any], pool: Any, depth: int) -> Iterator[Any]:

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from core import data
+from core.config import TrainConfig
 from core.data import BatchLoader, DataError, prepare, read_meta
 from core.tokenizer import encode
 from tests.helpers import CACHE, MICRO, ROOT, records, run_cmd, train_cmd, wait_for
@@ -80,10 +81,10 @@ def test_tiny_shards_give_the_same_batches(one_and_tiny, shuffle):
     assert sum(_crossing_windows(b, g) for g in range(100)) >= 20, "the test must read windows spanning shards"
 
 
-STEPS = 8
+STEPS, STOP = 10, 3
 # Constant learning rate (min_lr = lr), so a run stopped by a smaller --max-steps and resumed with a larger one
 # follows the same schedule as an uninterrupted run; dropout > 0 so the RNG state must be restored too.
-ARGS = [*MICRO, "--batch-size", "4", "--lr", "1e-3", "--min-lr", "1e-3", "--dropout", "0.1"]
+ARGS = [*MICRO, "--batch-size", "16", "--lr", "1e-3", "--min-lr", "1e-3", "--dropout", "0.1"]
 ARGS += ["--eval-interval", "4", "--ckpt-interval", "0"]
 
 
@@ -97,20 +98,21 @@ def test_tiny_shards_train_the_same_and_resume_exactly_across_shards(tmp_path):
     tiny_cache = ["--data-cache", str(tmp_path / "cache"), "--shard-tokens", str(TINY)]
     one = run_cmd(train_cmd(tmp_path, *ARGS, "--data-cache", CACHE, "--max-steps", str(STEPS), "--run-name", "one"))
     assert one.returncode == 0, one.stderr
-    tiny = run_cmd(train_cmd(tmp_path, *ARGS, *tiny_cache, "--max-steps", str(STEPS), "--run-name", "tiny"))
-    assert tiny.returncode == 0, tiny.stderr
-    assert len(read_meta(next((tmp_path / "cache").iterdir()))["shards"]["train"]) > 100
-    assert _losses(tmp_path / "one") == _losses(tmp_path / "tiny")  # bitwise: the same floats
     assert len(_losses(tmp_path / "one")[0]) == STEPS
-
-    part = run_cmd(train_cmd(tmp_path, *ARGS, *tiny_cache, "--max-steps", "3", "--run-name", "part"))
+    # The same run in shards of TINY tokens, stopped after step 3 and resumed: the same floats, bitwise. (Equal to the
+    # one-shard run, it is equal to an uninterrupted tiny-shard run too, so that run is left out to save time.)
+    part = run_cmd(train_cmd(tmp_path, *ARGS, *tiny_cache, "--max-steps", str(STOP), "--run-name", "part"))
     assert part.returncode == 0, part.stderr
     resumed = run_cmd(train_cmd(tmp_path, "--resume", "part", "--max-steps", str(STEPS)))
     assert resumed.returncode == 0, resumed.stderr
-    assert "at step 3" in resumed.stdout
+    assert f"at step {STOP}" in resumed.stdout
+    cache = next((tmp_path / "cache").iterdir())
+    assert len(read_meta(cache)["shards"]["train"]) > 100
+    loader = BatchLoader(cache, "train", 16, 32, seed=TrainConfig.seed)  # micro-batch g is step g here
+    assert sum(_crossing_windows(loader, g) for g in range(STOP, STEPS)) >= 1, "no window after the resume spans shards"
     (train_part, val_part), (train_one, val_one) = _losses(tmp_path / "part"), _losses(tmp_path / "one")
     assert train_part == train_one
-    assert set(val_one) <= set(val_part)  # the stopped run also evaluated at its last step, 3
+    assert set(val_one) <= set(val_part)  # the stopped run also evaluated at its last step
 
 
 def test_cli_shard_tokens(tmp_path):
@@ -130,9 +132,9 @@ def test_cli_shard_tokens(tmp_path):
 
 @pytest.fixture(scope="module")
 def big_corpus(tmp_path_factory):
-    """~30 MB of text: one process tokenizes it for several seconds, long enough to be killed midway."""
+    """~15 MB of text: one process tokenizes it for seconds, long enough to be killed midway."""
     path = tmp_path_factory.mktemp("big") / "big.txt"
-    path.write_text((ROOT / "data" / "tinyshakespeare.txt").read_text() * 27)
+    path.write_text((ROOT / "data" / "tinyshakespeare.txt").read_text() * 14)
     return path
 
 
@@ -270,11 +272,11 @@ def _with_shards(cache, n):
 def test_a_fineweb_format_folder_resumes_after_a_kill(tmp_path, fmt):
     if fmt == "parquet":
         pytest.importorskip("pyarrow")
-    docs = _fineweb_docs(15_000_000)
+    docs = _fineweb_docs(9_000_000)  # above POOL_MIN_BYTES: tokenized by a pool of 2
     folder = _write_fineweb(tmp_path / "fineweb", docs, fmt)
     cache = tmp_path / "cache"
     cmd = [sys.executable, "-m", "core.data", "--data", str(folder), "--data-cache", str(cache)]
-    cmd += ["--shard-tokens", "400000", "--val-fraction", "0.05", "--workers", "2"]
+    cmd += ["--shard-tokens", "250000", "--val-fraction", "0.05", "--workers", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tmp = wait_for(lambda: _with_shards(cache, 2) or proc.poll() is not None, 180, "two shards written")
     assert proc.poll() is None, "the preparation ended before it could be interrupted"
