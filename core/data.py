@@ -132,8 +132,8 @@ def _read_documents(path: Path, log: Log) -> Iterator[str]:
             yield from (t for t in batch.column(0).to_pylist() if t)
 
 
-def _hf_documents(name: str, config: str | None, log: Log) -> Iterator[str]:
-    import datasets  # present: _make_source checked
+def _hf_documents(name: str, config: str | None) -> Iterator[str]:
+    import datasets  # present: prepare checked (_Source.check)
 
     try:
         stream = datasets.load_dataset(name, config, split="train", streaming=True)
@@ -264,7 +264,7 @@ class _Progress:
         now = time.time()
         if now - self.last < PROGRESS_EVERY_S:
             return
-        self.last, elapsed = now, now - self.t0
+        self.last, elapsed = now, max(now - self.t0, 1e-6)
         rate = (tokens - self.tokens0) / elapsed
         done, left = f"{tokens:,} tokens", []
         if self.total:
@@ -357,6 +357,7 @@ class _Source:
     key: dict[str, Any]  # what identifies the tokens (goes into the cache hash)
     documents: Callable[[Log], Iterator[str]]
     total_chars: int | None  # about how much text a local source holds; None for a stream
+    check: Callable[[], None] = lambda: None  # raises DataError when a library the source needs is missing
 
     def token_estimate(self, budget: int | None) -> int:
         if self.total_chars is None:
@@ -387,12 +388,15 @@ def _make_source(spec: str, hf_config: str | None, budget: int | None) -> _Sourc
             raise DataError("give a dataset after 'hf:', e.g. hf:HuggingFaceFW/fineweb-edu")
         if not budget:
             raise DataError(f"'hf:{name}' is streamed; set a token budget with --data-token-budget (e.g. 100000000)")
-        try:
-            import datasets  # noqa: F401
-        except ImportError as e:
-            raise DataError(f"'hf:{name}' needs the optional datasets library: pip install datasets") from e
+
+        def check() -> None:
+            try:
+                import datasets  # noqa: F401
+            except ImportError as e:
+                raise DataError(f"'hf:{name}' needs the optional datasets library: pip install datasets") from e
+
         key = {"hf": name, "config": hf_config, "budget": budget}
-        return _Source(spec, key, lambda log: _hf_documents(name, hf_config, log), None)
+        return _Source(spec, key, lambda log: _hf_documents(name, hf_config), None, check)
     files = source_files(spec)
     key = {"files": [[str(p), p.stat().st_mtime_ns, p.stat().st_size] for p in files], "budget": budget}
 
@@ -457,8 +461,8 @@ def _read_progress(folder: Path) -> dict[str, Any] | None:
     return progress if isinstance(progress, dict) else None
 
 
-def _shard_count(progress: dict[str, Any] | None) -> int:
-    return sum(len(progress[s]["shards"]) for s in ("train", "val") if s in progress) if progress else 0
+def _shards_written(progress: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return [shard for split in ("train", "val") for shard in (progress or {}).get(split, {}).get("shards", [])]
 
 
 def _claim_temp(root: Path, final: Path, digest: str, log: Log) -> tuple[Path, int, dict[str, Any]]:
@@ -475,8 +479,8 @@ def _claim_temp(root: Path, final: Path, digest: str, log: Log) -> tuple[Path, i
             found = folder, fd, progress
             continue
         size = _size(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()))
-        if _shard_count(progress) and not folder.name.startswith(ours):
-            log(f"keeping {folder} ({size}): an interrupted preparation that its command resumes; delete it to free")
+        if _shards_written(progress) and not folder.name.startswith(ours):
+            log(f"keeping {folder} ({size}): an interrupted preparation that its command resumes (or delete it)")
         else:
             shutil.rmtree(folder, ignore_errors=True)
             log(f"removed {folder} ({size}), left by an interrupted preparation")
@@ -489,8 +493,9 @@ def _claim_temp(root: Path, final: Path, digest: str, log: Log) -> tuple[Path, i
         part.unlink()  # a shard cut short
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    kept = sum(s["tokens"] for split in ("train", "val") for s in progress.get(split, {}).get("shards", []))
-    log(f"resuming the interrupted preparation in {tmp}: {kept:,} tokens in {_shard_count(progress)} shard(s) kept")
+    kept = _shards_written(progress)
+    tokens = sum(s["tokens"] for s in kept)
+    log(f"resuming the interrupted preparation in {tmp}: {tokens:,} tokens in {len(kept)} shard(s) kept")
     return found
 
 
@@ -510,7 +515,7 @@ class _Build:
         _fsync_dir(self.tmp)  # and with it the rename of the shard just finished
 
     def written(self) -> int:
-        return sum(s["tokens"] for split in ("train", "val") for s in self.progress.get(split, {}).get("shards", []))
+        return sum(s["tokens"] for s in _shards_written(self.progress))
 
     def check_disk(self, root: Path, sources: list[_Source]) -> None:
         """Say how much this writes where, and refuse when the disk has less free space than that."""
@@ -597,8 +602,9 @@ class _Build:
     def abandon(self, error: BaseException) -> None:
         """After an error: keep what is written for a rerun to resume, unless the input itself is bad."""
         bad_input = isinstance(error, DataError) and not isinstance(error, StreamError)
-        if _shard_count(self.progress) and not bad_input:
-            self.log(f"kept {self.tmp} ({_shard_count(self.progress)} shards): run the same command again to resume")
+        shards = len(_shards_written(self.progress))
+        if shards and not bad_input:
+            self.log(f"kept {self.tmp} ({shards} shard(s)): run the same command again to resume")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -673,13 +679,16 @@ def prepare(
     final = root / _cache_name(data, digest)
     if (final / "meta.json").is_file():
         return final
+    sources = [s for s in (train_src, val_src) if s]
+    for source in sources:
+        source.check()  # here, not before: a cache made elsewhere is used without the library
     root.mkdir(parents=True, exist_ok=True)
     workers = workers or min(os.cpu_count() or 1, 16)
     tmp, lock, progress = _claim_temp(root, final, digest, log)
     build = _Build(tmp, progress, shard_tokens, token_budget, workers, log)
     try:
         log(f"preparing {data!r} -> {final} ({workers} worker(s))")
-        build.check_disk(root, [s for s in (train_src, val_src) if s])
+        build.check_disk(root, sources)
         train, val = build.splits(train_src, val_src, val_fraction)
         meta = {
             "source": data,

@@ -357,6 +357,8 @@ def test_a_stream_with_a_budget_resumes_after_a_network_error(tmp_path, fake_dat
     meta = read_meta(out)
     assert (meta["train_tokens"], meta["val_tokens"]) == (budget - 1200, 1200)
     assert _temp_folders(cache) == []
+    monkeypatch.delitem(sys.modules, "datasets")
+    assert prepare(FINEWEB, cache, **kw) == out  # a prepared cache is used without the datasets library
 
 
 def test_disk_use_is_stated_and_checked_before_it_starts(tmp_path, fake_datasets):
