@@ -745,7 +745,8 @@ class BatchLoader:
     """Micro-batches (x, y) of shape (batch_size, seq_len) from one split of a prepared cache.
 
     Training (shuffle=True): each epoch draws a seeded random offset in [0, seq_len) and a seeded
-    permutation of the windows starting at offset + i * seq_len in every shard; micro-batch g is
+    permutation of the windows starting at offset + i * seq_len in the split's tokens (its shards
+    read as one stream, so a window may span two shards); micro-batch g is
     a pure function of g, so all ranks agree on the order without talking. Validation
     (shuffle=False): windows in order from offset 0, wrapping around.
     """
