@@ -114,6 +114,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     data_token_budget: int | None = None  # cap on tokens taken from a streamed dataset
     data_cache: str = "data/cache"
+    shard_tokens: int = 100_000_000  # tokens per cache shard file (2 bytes each); part of the cache key
     # batch
     batch_size: int = 16  # micro-batch per process
     seq_len: int | None = None  # defaults to the model's block_size
@@ -223,6 +224,7 @@ class TrainConfig:
             (self.val_data != "", "val_data", "val_data is empty; give a validation source or leave it unset"),
             (0 < self.val_fraction < 1 or self.val_data is not None, "val_fraction", "val_fraction must be in (0, 1)"),
             at_least("data_token_budget", 1),
+            at_least("shard_tokens", 1),
             (bool(self.data_cache), "data_cache", "data_cache is empty; give a folder for the token cache"),
             at_least("batch_size", 1),
             at_least("seq_len", 1),

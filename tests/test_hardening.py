@@ -69,6 +69,7 @@ BAD_VALUES = {
     "val_fraction": 1.5,
     "data_token_budget": 0,
     "data_cache": "",
+    "shard_tokens": 0,
     "batch_size": "16",
     "seq_len": 0,
     "total_batch_tokens": 0,
