@@ -38,15 +38,34 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     return None
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 on GPUs that support it, fp16 (with a GradScaler) on older GPUs, fp32 elsewhere."""
+def cpu_bf16_support() -> str | None:
+    """The instruction set that makes bf16 matmuls fast on this CPU ("AMX", "AVX-512 BF16"), or None.
+
+    Asked of PyTorch itself (oneDNN's own dispatch), not read from /proc/cpuinfo.
+    """
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX-512 BF16"
+    return None
+
+
+def choose_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """(the precision to train in, why): auto is bf16 on GPUs that support it, fp16 with a loss scaler on older
+    GPUs, bf16 on CPUs with native bf16 matmuls (about 1.8x fp32 for GPT-2 124M on AMX), fp32 elsewhere."""
     if precision == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
+            if torch.cuda.is_bf16_supported():
+                return "bf16", "auto: this GPU supports bf16"
+            return "fp16", "auto: this GPU has no bf16; fp16 with a loss scaler"
+        if device.type == "cpu" and (isa := cpu_bf16_support()):
+            return "bf16", f"auto: this CPU has {isa}, so bf16 autocast is faster than fp32"
+        return "fp32", f"auto: no fast bf16 on this {device.type}"
     if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA GPU (it uses a GradScaler); use bf16 or fp32 on CPU")
-    return precision
+        raise ConfigError(
+            "precision fp16 needs a CUDA GPU (it uses a GradScaler); use bf16 or fp32 on CPU", field="precision"
+        )
+    return precision, "as configured"
 
 
 def autocast(precision: str, device: torch.device) -> AbstractContextManager:

@@ -111,6 +111,7 @@ class Reporter:
     def close(self) -> None:
         if self.metrics:
             self.metrics.close()
+            self.metrics = None
 
     def log(self, line: str) -> None:
         """A console line that has no record (progress notes, saved checkpoints)."""

@@ -45,7 +45,7 @@ from core.files import write_text_atomic
 from core.hf import HFError
 from core.model import GPT, clean_state_dict, load_clean_state_dict
 from core.optim import lr_schedule, make_optimizer
-from core.precision import autocast, grad_scaler, peak_flops, resolve_precision
+from core.precision import DTYPES, autocast, choose_precision, grad_scaler, peak_flops
 from core.reporting import Pace, Reporter
 from core.runlock import RunLock, hold_run_lock
 from core.runs import STATE_FILE, default_run_name, list_checkpoints, resolve_run_dir
@@ -269,7 +269,10 @@ def build_training(plan: Plan, ctx: D.DistContext, log: Log) -> TrainingParts:
         )
     model, ck = _starting_model(plan, log)
     cfg.validate(world)
-    precision = resolve_precision(cfg.precision, dev)
+    precision, why = choose_precision(cfg.precision, dev)
+    if ck is not None and cfg.precision == "auto" and ck.state.get("precision") in DTYPES:
+        precision, why = ck.state["precision"], "auto: the checkpoint's, so the run continues exactly"
+    log(f"precision {precision} ({why})")
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -384,15 +387,14 @@ def main(argv: list[str] | None = None) -> int:
         # typed by hand leaves no folder behind (a background job's folder was made by core.jobs and is kept).
         refused = code == 2 and trainer is None
         report.failed(trainer.state.step if trainer else None, message, record=not (refused and args.resume))
-        if not refused:
-            made_folder = None
+        if refused and made_folder:
+            report.close()
+            shutil.rmtree(made_folder, ignore_errors=True)
         return code
     finally:
         report.close()
         if run_lock:
             run_lock.release()
-        if made_folder:
-            shutil.rmtree(made_folder, ignore_errors=True)
         D.teardown()
 
 

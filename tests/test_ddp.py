@@ -16,6 +16,8 @@ from tests.helpers import MICRO, ROOT, records, run_cmd, train_cmd
 # micro-batch 4 x 32 tokens; 512 tokens a step = accumulation 4 on 1 process, 2 on each of 2 processes
 ARGS = [
     *MICRO,
+    "--precision",
+    "fp32",  # the equivalence is exact maths; bf16 (auto on CPUs with AMX/AVX-512 BF16) would blur it
     "--batch-size",
     "4",
     "--total-batch-tokens",
