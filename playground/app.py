@@ -1,4 +1,4 @@
-"""The Gradio app: tabs Train, Monitor, Sampling, Attention, Models over one runs folder."""
+"""The Gradio app: tabs Train, Monitor, Sampling, Attention, Inside, Models over one runs folder."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from core.paths import UNRESTRICTED, AccessPolicy
-from playground import attention_tab, models_tab, monitor_tab, sampling_tab, train_tab
+from playground import attention_tab, inside_tab, models_tab, monitor_tab, sampling_tab, train_tab
 from playground.tab import AppContext, Tab
 
 HEADER = """
@@ -44,12 +44,18 @@ def build_ui(runs_dir: str | Path, access: AccessPolicy = UNRESTRICTED) -> gr.Bl
                 sampling_tab.build_tab(ctx.runs_dir)  # wires its own tab-open events (model picker)
             with gr.Tab("Attention", id="attention"):
                 attention_tab.build_tab(ctx.runs_dir)
+            with gr.Tab("Inside", id="inside") as inside_item:
+                inside = inside_tab.build(ctx)
             with gr.Tab("Models", id="models") as item:
                 opened.append((item, models_tab.build(ctx)))
 
         for item, tab in opened:
             wire_on_open(item.select, tab)
             wire_on_open(demo.load, tab)
+        wire_on_open(inside_item.select, inside)  # not on page load: that would load a model for every visitor
+        # Branching from a token continues in Sampling (its prompt found by elem_id until that tab returns a Tab).
+        prompt = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "sample-prompt")
+        inside_tab.connect_branch(inside, prompt, tabs)
         # A launched (or resumed) run opens in Monitor, which follows it live.
         monitor_tab.follow(monitor, ctx, train["launched"]).then(
             lambda: gr.Tabs(selected=monitor.id), None, tabs, queue=False
