@@ -176,7 +176,8 @@ def ablation_view(
         tokens, note = text_tokens(text, cfg.block_size)
         if not chosen:
             hint = (
-                "Click heads in the grid to ablate them (zero their output), or press **Select top induction heads**."
+                f"**{len(tokens)} tokens**. Click heads in the grid to ablate them (zero their output), or press "
+                "**Select top induction heads**."
             )
             return {**out, tab["ablation_note"]: _lines(hint, note), tab["ablation_tokens"]: ""}
         effect = _cached(
@@ -420,8 +421,8 @@ def _layout_lens() -> dict[str, Any]:
 def _layout_ablation() -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row():
-        c["induction"] = gr.Button("Select top induction heads", elem_id="inside-induction", scale=0, min_width=240)
-        c["clear"] = gr.Button("Clear selection", elem_id="inside-clear", scale=0, min_width=160)
+        c["induction"] = gr.Button("Select top induction heads", size="md", elem_id="inside-induction")
+        c["clear"] = gr.Button("Clear selection", size="md", elem_id="inside-clear")
     gr.Markdown(
         "Click a head to ablate it (its output is zeroed before the attention projection); click again to "
         "bring it back.",
@@ -446,6 +447,7 @@ def _layout_compare(ctx: AppContext) -> dict[str, Any]:
         c["max_new"] = gr.Slider(
             1, MAX_NEW, value=40, step=1, label="Max new tokens", scale=2, elem_id="inside-max-new"
         )
+    c["compare_run"] = gr.Button("▶ Sample both and compare", variant="primary", elem_id="inside-compare-run")
     c["compare_note"] = gr.Markdown(elem_id="inside-compare-note")
     c["samples"] = gr.HTML(css_template=render.SAMPLES_CSS, js_on_load=None, elem_id="inside-samples")
     gr.Markdown("**Per-token loss difference on the text** (hover a token for both losses)")
@@ -487,10 +489,12 @@ def _wire(tab: Tab, ctx: AppContext, views: dict[str, gr.Tab]) -> None:
     ).then(show, inputs, outputs)
     gen = bind(generate_text, tab, ctx)
     tab["generate"].click(gen, [tab["model"], tab["text"]], [tab["text"], tab["text_note"]]).then(show, inputs, outputs)
-    tab["lens_start"].release(
+    tab["lens_start"].input(  # the lens is cached: moving the window only redraws
         bind(lens_view, tab, ctx),
         [tab["model"], tab["text"], tab["lens_start"]],
         [tab["lens_note"], tab["lens_plot"], tab["lens_start"]],
+        trigger_mode="always_last",
+        show_progress="hidden",
     )
     ablation = [tab["model"], tab["text"], tab["heads"], tab["scores"]]
     ablation_out = [tab[n] for n in ("grid", "heads", "ablation_note", "ablation_tokens", "scores")]
@@ -502,7 +506,8 @@ def _wire(tab: Tab, ctx: AppContext, views: dict[str, gr.Tab]) -> None:
     )
     tab["clear"].click(bind(clear_heads, tab, ctx), [tab["model"], tab["text"], tab["scores"]], ablation_out)
     tab["tokens"].click(bind(branch_from, tab, ctx), tab["scored"], tab["branch"])
-    tab["model_b"].input(show, inputs, outputs)
+    for event in (tab["model_b"].input, tab["compare_run"].click, tab["prompt"].submit):
+        event(show, inputs, outputs)
     tab.on_open.append(OnOpen(show, inputs, outputs))
 
 

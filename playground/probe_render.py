@@ -20,11 +20,12 @@ from core.probe import Comparison, LogitLens, TokenLogprobs
 from core.tokenizer import token_str
 
 LOG_MIN = -4  # probabilities below 1e-4 share the darkest colour: random guessing over 50,257 tokens is 2e-5
-LENS_COLUMNS = 40  # positions drawn at once in the logit lens; a slider moves the window
-LENS_LABEL = 8  # characters of the top token written in a lens cell
+LENS_COLUMNS = 24  # positions drawn at once in the logit lens; a slider moves the window
+LENS_LABEL = 6  # characters of the top token written in a lens cell
 
 _VIRIDIS = np.array([plotly.colors.hex_to_rgb(c) for c in plotly.colors.sequential.Viridis], dtype=np.float64)
 _RDBU = np.array([plotly.colors.unlabel_rgb(c) for c in plotly.colors.diverging.RdBu], dtype=np.float64)
+_BLUES = np.array([plotly.colors.unlabel_rgb(c) for c in plotly.colors.sequential.Blues], dtype=np.float64)
 _PERCENT_TICKS = ["≤0.01%", "0.1%", "1%", "10%", "100%"]
 
 
@@ -103,7 +104,8 @@ def token_popup(lp: TokenLogprobs, i: int) -> str:
         f'<span class="pop"><span class="pop-head"><code>{html.escape(token_label(true))}</code> '
         f'p = <b class="p">{_percent(math.exp(float(lp.logprob[i])))}</b> · '
         f'rank <b class="rank">{int(lp.rank[i]):,}</b></span>'
-        f'<span class="pop-sub">the model expected — click one to continue from here in Sampling:</span>{alts}</span>'
+        '<span class="pop-sub">other candidates — click one to continue from here with it in Sampling:</span>'
+        f"{alts}</span>"
     )
 
 
@@ -134,8 +136,8 @@ def diff_html(cmp: Comparison, what: str, label_a: str, label_b: str) -> str:
 
 
 TEXT_CSS = """
-.legend { display: grid; grid-template-columns: auto 260px; align-items: center; gap: 2px 12px; margin: 4px 0 10px;
-  font-size: 12px; color: var(--body-text-color-subdued); }
+.legend { display: grid; grid-template-columns: max-content 260px; align-items: center; gap: 2px 12px;
+  margin: 4px 0 10px; font-size: 12px; color: var(--body-text-color-subdued); }
 .legend-title { grid-row: span 2; }
 .legend .bar { height: 10px; border-radius: 3px; }
 .legend .ticks { display: flex; justify-content: space-between; font-variant-numeric: tabular-nums; }
@@ -147,7 +149,7 @@ TEXT_CSS = """
 .pop { display: none; position: absolute; top: 100%; left: 0; z-index: 60; min-width: 230px; padding: 8px;
   white-space: normal; background: var(--background-fill-primary); color: var(--body-text-color);
   border: 1px solid var(--border-color-primary); border-radius: 8px; box-shadow: 0 6px 18px rgba(0,0,0,.18);
-  font-size: 12.5px; line-height: 1.4; }
+  font-size: 12.5px; line-height: 1.4; font-family: var(--font); }
 .tok:hover > .pop { display: block; }
 .pop-head { display: block; margin-bottom: 4px; }
 .pop-sub { display: block; color: var(--body-text-color-subdued); font-size: 11.5px; margin-bottom: 4px; }
@@ -155,7 +157,7 @@ TEXT_CSS = """
   border: 1px solid var(--border-color-primary); border-radius: 4px; background: var(--background-fill-secondary);
   cursor: pointer; font-size: 12.5px; color: var(--body-text-color); }
 .alt:hover { border-color: #2563eb; background: #dbeafe; color: #0f172a; }
-.alt code { white-space: pre; }
+.alt code, .pop-head code { white-space: pre; font-family: var(--font-mono); }
 """
 
 TEXT_JS = """
@@ -241,8 +243,8 @@ def lens_figure(lens: LogitLens, start: int | float | None = 0) -> go.Figure:
 
 # --- head grid ------------------------------------------------------------------------------------
 def grid_html(n_layer: int, n_head: int, selected: Sequence[Sequence[int]], scores: np.ndarray | None = None) -> str:
-    """A layer x head grid of toggle buttons; selected (ablated) heads are dark. With induction scores, each
-    cell is tinted by its score and its tooltip gives it."""
+    """A layer x head grid of toggle buttons; selected (ablated) heads are black with a ✕. With induction scores,
+    each cell is tinted by its score (light blues only, so a tint never looks selected) and its tooltip gives it."""
     chosen = {(int(lay), int(h)) for lay, h in selected}
     cell = int(min(40, max(24, 900 // max(n_head, 1))))
     parts = [f'<div class="head-grid" style="grid-template-columns: 2.6em repeat({n_head}, {cell}px)"><div></div>']
@@ -254,7 +256,7 @@ def grid_html(n_layer: int, n_head: int, selected: Sequence[Sequence[int]], scor
             style = ""
             if scores is not None and np.isfinite(scores[lay, h]):
                 tip += f" · induction score {scores[lay, h]:.2f}"
-                style = f' style="{_style(_sample(_VIRIDIS, float(scores[lay, h])))}"'
+                style = f' style="{_style(_sample(_BLUES, 0.6 * float(scores[lay, h])))}"'
             on = " on" if (lay, h) in chosen else ""
             parts.append(
                 f'<button class="head{on}" data-layer="{lay}" data-head="{h}" title="{tip}" '
