@@ -195,7 +195,7 @@ def _lens_hover(lens: LogitLens, layer: int, pos: int) -> str:
     )
     if pos + 1 < len(lens.tokens):
         nxt = html.escape(token_label(lens.tokens[pos + 1]))
-        return f"top: {tops}<br>true next {nxt}: {_percent(float(lens.true_prob[layer, pos]))}"
+        return f"top: {tops}<br>true next token “{nxt}”: {_percent(float(lens.true_prob[layer, pos]))}"
     return f"top: {tops}<br>(the last position: no true next token)"
 
 
