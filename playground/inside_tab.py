@@ -39,7 +39,6 @@ TOP_INDUCTION = 4  # heads picked by "Select top induction heads"
 PROBE_REPEAT = 40  # random tokens in each half of the induction probe (fewer when the window is smaller)
 GENERATE_TOKENS = 48  # added by "Generate a text"
 MAX_NEW = 200  # longest sample in the compare view
-VIEWS = ("text", "lens", "ablation", "compare")
 
 _RESULTS: LRU[tuple, Any] = LRU(32)  # every result is small: the lens of gpt2 at 256 tokens is ~0.1 MB
 R = TypeVar("R")
@@ -203,7 +202,7 @@ def ablation_update(
 
 def pick_heads(tab: Tab, ctx: AppContext, evt: gr.EventData) -> dict[Any, Any]:
     """A click in the grid: the browser sends the whole selection."""
-    return {tab["heads"]: [[int(a), int(b)] for a, b in evt._data.get("heads", [])]}
+    return {tab["heads"]: [[int(a), int(b)] for a, b in (evt._data or {}).get("heads", [])]}
 
 
 def clear_heads(tab: Tab, ctx: AppContext, choice: str | None, text: str | None, scores: dict | None) -> dict[Any, Any]:
@@ -243,7 +242,9 @@ def select_induction_heads(
     return {**out, tab["scores"]: remembered}
 
 
-def sampling_config(seed: float | None, temperature: float | None, top_k: float | None, max_new: float | None):
+def sampling_config(
+    seed: float | None, temperature: float | None, top_k: float | None, max_new: float | None
+) -> SamplingConfig:
     """The SamplingConfig of the compare form (top-k 0 = off); a ValueError names a bad field."""
     if seed is None or seed < 0 or seed != int(seed):
         raise ValueError(
@@ -366,8 +367,9 @@ def generate_text(tab: Tab, ctx: AppContext, choice: str | None, text: str | Non
 
 def branch_from(tab: Tab, ctx: AppContext, scored: list[int] | None, evt: gr.EventData) -> Any:
     """A click on an alternative: the text up to that token with the alternative instead of the true token."""
-    pos, token = int(evt._data["pos"]), int(evt._data["token"])
-    if not scored or not 0 <= pos < len(scored) - 1:
+    data = evt._data or {}
+    pos, token = int(data.get("pos", -1)), int(data.get("token", -1))
+    if not scored or not 0 <= pos < len(scored) - 1 or token < 0:
         return gr.skip()
     return {tab["branch"]: (decode(scored[: pos + 1] + [token]), time.time())}
 
@@ -440,13 +442,11 @@ def _layout_compare(ctx: AppContext) -> dict[str, Any]:
     if len(choices) > 1:  # B starts as a checkpoint other than A's
         c["model_b"].value = choices[1][1]
     with gr.Row(equal_height=True):
-        c["prompt"] = gr.Textbox(DEFAULT_PROMPT, label="Prompt for both", lines=2, scale=4, elem_id="inside-prompt")
+        c["prompt"] = gr.Textbox(DEFAULT_PROMPT, label="Prompt for both", lines=2, scale=3, elem_id="inside-prompt")
         c["seed"] = gr.Number(1337, label="Seed", precision=0, minimum=0, scale=1, elem_id="inside-seed")
         c["temperature"] = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature", scale=2)
         c["top_k"] = gr.Number(50, label="Top-k (0 = off)", precision=0, minimum=0, scale=1)
-        c["max_new"] = gr.Slider(
-            1, MAX_NEW, value=40, step=1, label="Max new tokens", scale=2, elem_id="inside-max-new"
-        )
+        c["max_new"] = gr.Slider(1, MAX_NEW, value=40, step=1, label="New tokens", scale=2, elem_id="inside-max-new")
     c["compare_run"] = gr.Button("▶ Sample both and compare", variant="primary", elem_id="inside-compare-run")
     c["compare_note"] = gr.Markdown(elem_id="inside-compare-note")
     c["samples"] = gr.HTML(css_template=render.SAMPLES_CSS, js_on_load=None, elem_id="inside-samples")

@@ -134,10 +134,11 @@ def test_lens_cells_are_cores_top_tokens_and_true_probabilities(ui, runs):
         ]
         expected = np.log10(np.clip(lens.true_prob[layer, cols.start : cols.stop], 1e-4, 1))
         np.testing.assert_allclose(np.array(heat.z[layer], dtype=float), expected, rtol=1e-6, equal_nan=True)
-    assert "positions 15–54 of 60" in out[tab["lens_note"]]
-    assert out[tab["lens_start"]]["value"] == 15 and out[tab["lens_start"]]["maximum"] == 20
+    last = 60 - probe_render.LENS_COLUMNS
+    assert f"positions 15–{15 + probe_render.LENS_COLUMNS - 1} of 60" in out[tab["lens_note"]]
+    assert out[tab["lens_start"]]["value"] == 15 and out[tab["lens_start"]]["maximum"] == last
     # A start past the end moves back so the window stays full.
-    assert lens_view(tab, ctx, LATEST, text, 500)[tab["lens_start"]]["value"] == 20
+    assert lens_view(tab, ctx, LATEST, text, 500)[tab["lens_start"]]["value"] == last
 
 
 # --- head ablation --------------------------------------------------------------------------------------------------
@@ -270,3 +271,11 @@ def test_a_text_longer_than_the_window_is_cut_with_a_note(ui, runs):
     assert len(out[tab["scored"]]) == 64
     tokens, note = inside_tab.text_tokens(" word" * 300, 1024)
     assert len(tokens) == inside_tab.MAX_TOKENS and "this tab's limit of 256" in note
+
+
+def test_generate_text_continues_the_text(ui):
+    tab, ctx = ui
+    out = inside_tab.generate_text(tab, ctx, LATEST, "ROMEO:")
+    longer = out[tab["text"]]
+    assert longer.startswith("ROMEO:") and len(encode(longer)) > len(encode("ROMEO:"))
+    assert "no model selected" in inside_tab.generate_text(tab, ctx, None, "ROMEO:")[tab["text_note"]]
