@@ -20,6 +20,7 @@ from core.model import GPT
 from core.probe import ablation_effect, compare, logit_lens, token_logprobs
 from core.tokenizer import decode, encode
 from playground import inside_tab, probe_render
+from playground.app import build_ui
 from playground.inside_tab import (
     ablation_view,
     branch_from,
@@ -279,3 +280,12 @@ def test_generate_text_continues_the_text(ui):
     longer = out[tab["text"]]
     assert longer.startswith("ROMEO:") and len(encode(longer)) > len(encode("ROMEO:"))
     assert "no model selected" in inside_tab.generate_text(tab, ctx, None, "ROMEO:")[tab["text_note"]]
+
+
+def test_app_mounts_the_tab_and_sends_branches_to_sampling(tmp_path):
+    demo = build_ui(tmp_path / "runs")
+    shows = [fn for fn in demo.fns.values() if fn.name == "show_view"]
+    assert shows and all(event != "load" for fn in shows for _, event in fn.targets)  # no model load on page load
+    (branch,) = [fn for fn in demo.fns.values() if fn.name == "_open_branch"]
+    prompt = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "sample-prompt")
+    assert prompt in branch.outputs and any(isinstance(b, gr.Tabs) for b in branch.outputs)
