@@ -156,7 +156,7 @@ def ablation_summary(effect: Comparison, heads: list[tuple[int, int]]) -> str:
         first, second = effect.diff[: start - 1], effect.diff[start - 1 :]
         out += (
             f" On the induction probe: first half **{float(first.mean()):+.4f}**, repeated half "
-            f"**{float(second.mean()):+.4f}** (induction heads raise the loss on the repeat)."
+            f"**{float(second.mean()):+.4f}** (a model with induction heads shows a larger rise on the repeated half)."
         )
     return out
 
