@@ -1,4 +1,4 @@
-"""The Gradio app: tabs Train, Monitor, Sampling, Attention, Models over one runs folder."""
+"""The Gradio app: tabs Train, Monitor, Sampling, Attention, Inside, Models over one runs folder."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from core.paths import UNRESTRICTED, AccessPolicy
-from playground import attention_tab, models_tab, monitor_tab, sampling_tab, train_tab
+from playground import attention_tab, inside_tab, models_tab, monitor_tab, sampling_tab, train_tab
 from playground.tab import AppContext, Tab
 
 HEADER = """
@@ -44,9 +44,13 @@ def build_ui(runs_dir: str | Path, access: AccessPolicy = UNRESTRICTED) -> gr.Bl
                 monitor = monitor_tab.build(ctx)
                 opened.append((item, monitor))
             with gr.Tab("Sampling", id="sampling") as item:
-                opened_lazily.append((item, sampling_tab.build(ctx)))
+                sampling = sampling_tab.build(ctx)
+                opened_lazily.append((item, sampling))
             with gr.Tab("Attention", id="attention") as item:
                 opened_lazily.append((item, attention_tab.build(ctx)))
+            with gr.Tab("Inside", id="inside") as item:
+                inside = inside_tab.build(ctx)
+                opened_lazily.append((item, inside))
             with gr.Tab("Models", id="models") as item:
                 opened.append((item, models_tab.build(ctx)))
 
@@ -55,6 +59,7 @@ def build_ui(runs_dir: str | Path, access: AccessPolicy = UNRESTRICTED) -> gr.Bl
             wire_on_open(demo.load, tab)
         for item, tab in opened_lazily:
             wire_on_open(item.select, tab)
+        inside_tab.connect_branch(inside, sampling["prompt"], tabs)  # branching from a token continues in Sampling
         # A launched (or resumed) run opens in Monitor, which follows it live.
         monitor_tab.follow(monitor, ctx, train["launched"]).then(
             lambda: gr.Tabs(selected=monitor.id), None, tabs, queue=False
