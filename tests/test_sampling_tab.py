@@ -320,8 +320,8 @@ def test_model_picker_lists_the_runs_of_the_apps_jobs(tmp_path):
 def test_models_load_when_sampling_or_attention_opens_never_on_page_load(tmp_path):
     demo = build_ui(tmp_path / "runs")
     events = [event for fn in demo.fns.values() if fn.name == "refresh_model_choices" for _, event in fn.targets]
-    # Each tab's ⟳ and its opening; the Sampling chart (which loads a model) is chained after the latter.
-    assert sorted(events) == ["click", "click", "select", "select"]
+    # Each model tab's ⟳ and its opening (Sampling, Attention, Inside); none on page load ("load").
+    assert sorted(events) == ["click"] * 3 + ["select"] * 3
 
 
 def test_model_cache_is_lru_and_reloads_resaved_weights(tmp_path):
@@ -334,7 +334,8 @@ def test_model_cache_is_lru_and_reloads_resaved_weights(tmp_path):
     cache.get(tmp_path, "c")
     cache.get(tmp_path, "a")  # a becomes the most recently used
     cache.get(tmp_path, "d")  # evicts b, the least recently used
-    assert [os.path.basename(os.path.dirname(os.path.dirname(k[0]))) for k in cache.keys()]  # noqa: SIM118 == ["c", "a", "d"]
+    loaded = [os.path.basename(os.path.dirname(os.path.dirname(k[0]))) for k in cache.keys()]  # noqa: SIM118
+    assert loaded == ["c", "a", "d"]
     # A checkpoint re-saved in place (same folder, new weights) is loaded again, not served stale.
     time.sleep(0.01)
     _save(tmp_path, "a", 1, seed=9)
