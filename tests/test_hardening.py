@@ -231,3 +231,39 @@ def test_a_relative_data_path_is_saved_absolute_and_trains_from_another_folder(t
     assert saved["data"] == str(corpus.resolve())
     wait_for(lambda: [s for s in records(runs / "rel", "status") if s["state"] in ("done", "failed")], 120, "the end")
     assert records(runs / "rel", "status")[-1]["state"] == "done", (runs / "rel" / "train.log").read_text()
+
+
+# --- Also: SIGKILL at random moments, resume each time ----------------------------------------------------
+
+
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """Kill -9 a CPU run at seeded random moments (during steps, evals and checkpoint writes), resume after each
+    kill, and end with weights bit for bit equal to a run that was never interrupted, and no temporary folder."""
+    import random
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    args = [*MICRO, "--precision", "fp32", "--max-steps", "14", "--ckpt-interval", "2", "--eval-interval", "3"]
+    assert run_cmd(train_cmd(tmp_path / "ref", *args, "--run-name", "r"), timeout=300).returncode == 0
+    runs, rng = tmp_path / "killed", random.Random(1234)
+
+    def next_command() -> list[str]:  # resume once there is a checkpoint; before that, start again
+        has_ckpt = bool(list_checkpoints(runs / "r"))
+        return train_cmd(runs, "--resume", "r") if has_ckpt else train_cmd(runs, *args, "--run-name", "r")
+
+    for _ in range(4):
+        proc = subprocess.Popen(next_command(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 7.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    cmd = (
+        train_cmd(runs, "--resume", "r") if list_checkpoints(runs / "r") else train_cmd(runs, *args, "--run-name", "r")
+    )
+    finished = run_cmd(cmd, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    a = load_file(tmp_path / "ref" / "r" / "ckpt" / "step-000014" / "model.safetensors")
+    b = load_file(runs / "r" / "ckpt" / "step-000014" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not [p for p in (runs / "r").rglob("*") if ".tmp" in p.name]
