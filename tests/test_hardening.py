@@ -267,3 +267,21 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     b = load_file(runs / "r" / "ckpt" / "step-000014" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not [p for p in (runs / "r").rglob("*") if ".tmp" in p.name]
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import core.checkpoint as checkpoint
+
+    model = GPT(model_config("micro"))
+    save_checkpoint(tmp_path, 2, model, {}, keep_last=3)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, 4, model, {}, keep_last=3)
+    assert [p.name for p in (tmp_path / "ckpt").iterdir() if p.is_dir()] == ["step-000002"]
+    assert resolve_checkpoint(tmp_path).name == "step-000002"
