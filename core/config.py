@@ -277,7 +277,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown TrainConfig field(s): {', '.join(unknown)}", field=unknown[0])
         return cls(**d)
 
     @classmethod
