@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.is_main:
             made_folder = None if plan.run_dir.exists() else plan.run_dir
             run_lock = hold_run_lock(plan.run_dir)  # one writer per run: a second one is refused (exit 2)
-            report.open(_open_run_folder(plan, argv))
+            report.open(_open_run_folder(plan, argv), plan.cfg)
         for note in plan.notes:
             report.log(note)
         trainer = Trainer(build_training(plan, ctx, report.log), ctx, stop, report)
