@@ -23,6 +23,9 @@ EXAMPLES = f"""examples:
   {AUTH_ENV}=alice:s3cret python app.py --share --allow-downloads --exports-dir ~/exports
                                                   a public link; visitors may make it download from the hub;
                                                   exports go to ~/exports
+  gpt2-playground --port 8080 --runs-dir ~/runs   installed (pip install .): another port and runs folder
+
+Scripts and notebooks drive the same app through its named API (gradio_client or curl): docs/api.md.
 
 Exposed (--host beyond 127.0.0.1/localhost/::1, or --share), the UI reads local paths only under the runs folder,
 data/, each --data-dir and --exports-dir; writes exports only into --exports-dir (default: the runs folder); and

@@ -15,6 +15,7 @@ from core.files import write_text_atomic
 
 GPT2_VOCAB_SIZE = 50257
 EOT_TOKEN = 50256
+REPORT_TO = ("tensorboard", "wandb", "trackio")  # the experiment trackers a run can report to (core/trackers.py)
 
 
 class ConfigError(ValueError):
@@ -138,6 +139,7 @@ class TrainConfig:
     sample_interval: int = 0  # 0: never
     sample_tokens: int = 64
     log_interval: int = 1
+    report_to: str = ""  # also report the metrics to these trackers, comma-separated: tensorboard,wandb,trackio
     # system
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -162,6 +164,11 @@ class TrainConfig:
     @property
     def effective_seq_len(self) -> int:
         return self.seq_len or self.model_config().block_size
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers of report_to, in order: "tensorboard, wandb" -> ["tensorboard", "wandb"]."""
+        return [name.strip() for name in self.report_to.split(",") if name.strip()]
 
     @property
     def effective_min_lr(self) -> float:
@@ -245,6 +252,11 @@ class TrainConfig:
             (self.sample_interval >= 0, "sample_interval", "sample_interval must be >= 0 (0: never)"),
             at_least("sample_tokens", 1),
             at_least("log_interval", 1),
+            (
+                set(self.trackers) <= set(REPORT_TO),
+                "report_to",
+                f"report_to takes {', '.join(REPORT_TO)} (comma-separated, or empty for none), got {self.report_to!r}",
+            ),
             (0 <= self.seed < 2**63, "seed", f"seed must be between 0 and 2**63 - 1, got {self.seed}"),
             (self.device in ("auto", "cpu", "cuda", "mps"), "device", "device must be auto, cpu, cuda or mps"),
             (self.precision in PRECISIONS, "precision", "precision must be auto, fp32, bf16 or fp16"),
@@ -277,7 +289,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown TrainConfig field(s): {', '.join(unknown)}", field=unknown[0])
         return cls(**d)
 
     @classmethod

@@ -45,8 +45,7 @@ from core.config import EOT_TOKEN, TrainConfig
 from core.runs import write_text_atomic
 from core.tokenizer import encode, tokenizer_hash
 
-ROOT = Path(__file__).resolve().parent.parent
-BUNDLED = {"shakespeare": ROOT / "data" / "tinyshakespeare.txt"}
+BUNDLED = {"shakespeare": Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt"}  # package data
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 CACHE_VERSION = 1
 SHARD_TOKENS = 100_000_000  # 200 MB per shard (the default of --shard-tokens)
@@ -861,7 +860,16 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m core.data --data SOURCE`: prepare a cache ahead of training and print its folder."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m core.data", description=main.__doc__)
+    examples = """examples:
+  python -m core.data --data shakespeare
+  python -m core.data --data ~/corpora/books --val-fraction 0.05 --workers 8
+  python -m core.data --data hf:HuggingFaceFW/fineweb-edu --data-config sample-10BT --data-token-budget 1000000000"""
+    p = argparse.ArgumentParser(
+        prog="python -m core.data",
+        description=main.__doc__,
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", default="shakespeare")
     p.add_argument("--data-cache", default="data/cache")
     p.add_argument("--val-fraction", type=float, default=0.1)

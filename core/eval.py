@@ -56,8 +56,20 @@ def _positive(s: str) -> int:
     return v
 
 
+EXAMPLES = """examples:
+  python -m core.eval hellaswag --checkpoint checkpoints/tiny-shk --limit 500
+  python -m core.eval hellaswag --checkpoint gpt2 --file hellaswag_val.jsonl --json
+  python -m core.eval perplexity --checkpoint tiny-shk --data notes.txt --seq-len 128 --stride 64
+(installed with pip: gpt2-eval instead of python -m core.eval)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="python -m core.eval", description=__doc__.split("\n")[0])
+    ap = _Parser(
+        prog="python -m core.eval",
+        description=__doc__.split("\n")[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     tasks = ap.add_subparsers(dest="task", required=True, metavar="{hellaswag,perplexity}")
     common = _Parser(add_help=False)
     common.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder, HF GPT-2 folder or hub id")

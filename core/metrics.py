@@ -8,6 +8,8 @@ carries "time" (unix seconds).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -93,3 +95,28 @@ class MetricsReader:
 
 def read_all(path: str | Path) -> list[dict[str, Any]]:
     return MetricsReader(path).read_new()
+
+
+FORMATS = ("csv", "jsonl")
+FIRST_COLUMNS = ("kind", "step", "time")  # then every other field, in the order the records first show it
+
+
+def export_records(path: str | Path, fmt: str) -> str:
+    """A metrics file as text: "jsonl", its records one per line (torn or corrupt lines left out); "csv", one row per
+    record with the union of the records' fields as columns (kind, step, time first; a field a record lacks is an
+    empty cell, as is null). ValueError names a bad format or a missing file."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if not Path(path).is_file():
+        raise ValueError(f"{path} not found: the run has no metrics yet (imported weights, or not started)")
+    records = read_all(path)
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in records)
+    columns = {name: None for name in FIRST_COLUMNS}
+    for record in records:
+        columns.update(dict.fromkeys(record))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return out.getvalue()

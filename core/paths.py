@@ -17,6 +17,7 @@ from core.config import ConfigError
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+BUNDLED_CORPUS_DIR = Path(__file__).resolve().parent / "assets"  # the packaged corpus (core.data.BUNDLED)
 
 
 def is_exposed(host: str, share: bool) -> bool:
@@ -46,7 +47,8 @@ class AccessPolicy:
         """The policy of an app over `runs_dir`: the runs folder, the bundled data and the exports folder are always
         allowed to read."""
         exports = Path(exports_dir).expanduser().resolve() if exports_dir is not None else None
-        folders = [Path(runs_dir), BUNDLED_DATA_DIR, *(Path(d) for d in data_dirs), *([exports] if exports else [])]
+        folders = [Path(runs_dir), BUNDLED_DATA_DIR, BUNDLED_CORPUS_DIR, *(Path(d) for d in data_dirs)]
+        folders += [exports] if exports else []
         allowed = tuple(dict.fromkeys(p.expanduser().resolve() for p in folders))
         return cls(exposed=exposed, allowed=allowed, allow_downloads=allow_downloads, exports_dir=exports)
 

@@ -7,8 +7,8 @@ Records (see core/metrics.py for the file itself), every one with "kind" and "ti
     train   step, total_steps, tokens, loss, lr, grad_norm, dt, tok_per_s, mfu, elapsed, eta_s, mem_mb
     eval    step, val_loss
     sample  step, text
-Rank 0 writes the records (once the run folder is known) and prints the lines; an error is printed by
-every rank that hits it.
+Rank 0 writes the records (once the run folder is known), hands each to the trackers of TrainConfig.report_to
+(core/trackers.py) and prints the lines; an error is printed by every rank that hits it.
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from core.config import TrainConfig
 from core.metrics import MetricsWriter
+from core.trackers import Tracker, open_trackers, scalars
 
 
 def format_duration(seconds: float) -> str:
@@ -102,16 +105,40 @@ class Reporter:
 
     def __init__(self) -> None:
         self.metrics: MetricsWriter | None = None  # set by open() on rank 0
+        self.trackers: dict[str, Tracker] = {}  # report_to's trackers that started, by name (rank 0)
         self.console = True  # False on ranks other than 0
 
-    def open(self, path: Path) -> None:
-        """From now on, records go to the metrics file at path."""
+    def open(self, path: Path, config: TrainConfig | None = None) -> None:
+        """From now on, records go to the metrics file at path, and to the trackers config.report_to names."""
         self.metrics = MetricsWriter(path)
+        if config is not None and config.trackers:
+            self.trackers = open_trackers(config.trackers, path.parent, config.run_name, config.to_dict(), self.log)
 
     def close(self) -> None:
         if self.metrics:
             self.metrics.close()
             self.metrics = None
+        for name, tracker in self.trackers.items():
+            self._guarded(name, tracker.close)
+        self.trackers = {}
+
+    def _guarded(self, name: str, call: Callable[[], None]) -> bool:
+        """Run a tracker's call; a failure is one line, never a failed run. False when it failed."""
+        try:
+            call()
+        except Exception as e:
+            self.log(f"warning: report_to {name} failed ({type(e).__name__}: {e}); training goes on without it")
+            return False
+        return True
+
+    def _track(self, kind: str, fields: dict[str, Any]) -> None:
+        values = scalars({"kind": kind, **fields})
+        if not values:
+            return
+        step = fields["step"]
+        for name, tracker in list(self.trackers.items()):
+            if not self._guarded(name, lambda t=tracker: t.log(step, values)):
+                del self.trackers[name]
 
     def log(self, line: str) -> None:
         """A console line that has no record (progress notes, saved checkpoints)."""
@@ -121,6 +148,8 @@ class Reporter:
     def _event(self, kind: str, line: str | None, **fields: Any) -> None:
         if self.metrics:
             self.metrics.write(kind, **fields)
+        if self.trackers:
+            self._track(kind, fields)
         if line is not None:
             self.log(line)
 

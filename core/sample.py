@@ -22,9 +22,20 @@ from core.hf import HFError
 from core.tokenizer import TokenizerError
 from core.weights import load_weights
 
+EXAMPLES = """examples:
+  python -m core.sample --checkpoint checkpoints/tiny-shk --prompt "ROMEO:" --temperature 0.8 --top-k 50
+  python -m core.sample --checkpoint tiny-shk --prompt "" --num-samples 3 --max-new-tokens 100 --seed 1
+  python -m core.sample --checkpoint gpt2 --prompt "Hello, I'm a language model," --temperature 0
+(installed with pip: gpt2-sample instead of python -m core.sample)"""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m core.sample", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m core.sample",
+        description=__doc__.split("\n")[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument(
         "--checkpoint", required=True, help="run folder, checkpoint folder, HF GPT-2 folder, run name or hub id"
     )

@@ -66,11 +66,26 @@ Log = Callable[[str], None]
 # --- planning: which config, which run folder -----------------------------------------------------
 
 
+EXAMPLES = """examples:
+  python -m core.train --preset tiny --max-steps 1000 --ckpt-interval 100 --run-name tiny-shk
+  python -m core.train --resume tiny-shk                  continue exactly from its latest checkpoint
+  python -m core.train --config checkpoints/tiny-shk/config.json --run-name tiny-2 --lr 3e-4
+  python -m core.train --preset gpt2 --data hf:HuggingFaceFW/fineweb-edu --data-config sample-10BT \\
+      --data-token-budget 1000000000 --device cuda --precision bf16 --compile --report-to tensorboard
+  python -m torch.distributed.run --standalone --nproc_per_node=2 -m core.train --preset tiny
+(installed with pip: gpt2-train instead of python -m core.train)"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag, and the examples as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m core.train",
         description="Train a GPT-2 (single process, or DDP under torchrun).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=EXAMPLES,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--config", help="a TrainConfig JSON file (e.g. <run>/config.json); flags override its fields")
     p.add_argument("--resume", metavar="RUN", help="continue a run (a name under --runs-dir, or its folder) exactly")
@@ -368,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.is_main:
             made_folder = None if plan.run_dir.exists() else plan.run_dir
             run_lock = hold_run_lock(plan.run_dir)  # one writer per run: a second one is refused (exit 2)
-            report.open(_open_run_folder(plan, argv))
+            report.open(_open_run_folder(plan, argv), plan.cfg)
         for note in plan.notes:
             report.log(note)
         trainer = Trainer(build_training(plan, ctx, report.log), ctx, stop, report)
@@ -398,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
         D.teardown()
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `gpt2-train` command: main() in a process with glibc's malloc tuned for training (core/cpu_malloc.py)."""
     reexec_with_tuned_malloc()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

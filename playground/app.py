@@ -1,4 +1,4 @@
-"""The Gradio app: tabs Train, Monitor, Sampling, Attention, Inside, Models over one runs folder."""
+"""The Gradio app: tabs Train, Monitor, Sampling, Attention, Inside, Models over one runs folder, and the named API."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from core.paths import UNRESTRICTED, AccessPolicy
-from playground import attention_tab, inside_tab, models_tab, monitor_tab, sampling_tab, train_tab
+from playground import api, attention_tab, inside_tab, models_tab, monitor_tab, sampling_tab, train_tab
 from playground.tab import AppContext, Tab
 
 HEADER = """
@@ -64,4 +64,6 @@ def build_ui(runs_dir: str | Path, access: AccessPolicy = UNRESTRICTED) -> gr.Bl
         monitor_tab.follow(monitor, ctx, train["launched"]).then(
             lambda: gr.Tabs(selected=monitor.id), None, tabs, queue=False
         )
+        api.register(ctx)  # the named endpoints of scripts and notebooks (docs/api.md)
+    api.hide_ui_events(demo)  # ... and only they show on the API page
     return demo

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from core import data
-from core.data import BatchLoader, DataError, prepare, read_meta
+from core.data import BUNDLED, BatchLoader, DataError, prepare, read_meta
 from core.tokenizer import encode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ def _tokens(cache, split):
 
 def test_prepare_shakespeare(shakespeare):
     meta = read_meta(shakespeare)
-    text = (ROOT / "data" / "tinyshakespeare.txt").read_text()
+    text = BUNDLED["shakespeare"].read_text()
     expected = encode(text, allow_special=False) + [50256]
     train, val = _tokens(shakespeare, "train"), _tokens(shakespeare, "val")
     assert meta["train_tokens"] + meta["val_tokens"] == len(expected)
@@ -51,7 +51,7 @@ def test_cache_is_reused_and_keyed_by_content(tmp_path):
 def test_pool_and_chunking_give_the_same_tokens(tmp_path, monkeypatch):
     folder = tmp_path / "corpus"
     folder.mkdir()
-    text = (ROOT / "data" / "tinyshakespeare.txt").read_text()[:300_000]
+    text = BUNDLED["shakespeare"].read_text()[:300_000]
     (folder / "a.txt").write_text(text)
     (folder / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["first doc", "second doc"]))
     single = prepare(str(folder), tmp_path / "one", workers=1, log=lambda _: None)

@@ -14,7 +14,7 @@ import pytest
 
 from core import data
 from core.config import TrainConfig
-from core.data import BatchLoader, DataError, prepare, read_meta
+from core.data import BUNDLED, BatchLoader, DataError, prepare, read_meta
 from core.tokenizer import encode
 from tests.helpers import CACHE, MICRO, ROOT, records, run_cmd, train_cmd, wait_for
 
@@ -134,7 +134,7 @@ def test_cli_shard_tokens(tmp_path):
 def big_corpus(tmp_path_factory):
     """~15 MB of text: one process tokenizes it for seconds, long enough to be killed midway."""
     path = tmp_path_factory.mktemp("big") / "big.txt"
-    path.write_text((ROOT / "data" / "tinyshakespeare.txt").read_text() * 14)
+    path.write_text(BUNDLED["shakespeare"].read_text() * 14)
     return path
 
 
@@ -211,7 +211,7 @@ def test_meta_and_folders_are_fsynced_before_the_rename(tmp_path, monkeypatch):
 
 def _fineweb_docs(n_chars):
     """Web-page-sized documents (a few KB) cut from the bundled corpus, n_chars in all."""
-    paragraphs = (ROOT / "data" / "tinyshakespeare.txt").read_text().split("\n\n")
+    paragraphs = BUNDLED["shakespeare"].read_text().split("\n\n")
     docs, i, total = [], 0, 0
     while total < n_chars:
         docs.append("\n\n".join(paragraphs[i % len(paragraphs) : i % len(paragraphs) + 1 + i % 13]))
@@ -417,7 +417,7 @@ def test_a_kill_while_splitting_off_val_is_redone(tmp_path, monkeypatch, fail):
         prepare("shakespeare", tmp_path / "cache", **kw)
     monkeypatch.setattr(data._Build, "split_off_val", real_split)
     out = prepare("shakespeare", tmp_path / "cache", **kw)
-    expected = _reference([(ROOT / "data" / "tinyshakespeare.txt").read_text()])
+    expected = _reference([BUNDLED["shakespeare"].read_text()])
     n_val = int(len(expected) * 0.0314)
     assert np.array_equal(_split_tokens(out, "train"), expected[:-n_val])
     assert np.array_equal(_split_tokens(out, "val"), expected[-n_val:])

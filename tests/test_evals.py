@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from core import eval as eval_cli
 from core.config import model_config
+from core.data import BUNDLED
 from core.evals import (
     HELLASWAG_VAL_URL,
     EvalError,
@@ -337,7 +338,7 @@ def reference_perplexity(hf, tokens: list[int], L: int, S: int) -> tuple[int, fl
 
 @pytest.fixture(scope="module")
 def text() -> str:
-    return (ROOT / "data" / "tinyshakespeare.txt").read_text()[:1000]
+    return BUNDLED["shakespeare"].read_text()[:1000]
 
 
 @pytest.mark.parametrize("seq_len,stride,chars", [(None, None, 1000), (None, 29, 1000), (None, "L-1", 1000),

@@ -89,6 +89,7 @@ BAD_VALUES = {
     "sample_interval": -1,
     "sample_tokens": 0,
     "log_interval": 0,
+    "report_to": "tensorboard,mlflow",
     "seed": -1,
     "device": "tpu",
     "precision": "fp8",

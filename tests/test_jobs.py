@@ -1,7 +1,9 @@
 """Background jobs with real trainer processes (micro preset, CPU, gloo): launch, watch, stop, kill, resume,
 reattach from another process, stale pids, unsafe names, and the CLI."""
 
+import csv
 import errno
+import io
 import json
 import os
 import signal
@@ -28,6 +30,7 @@ from core.jobs import (
     manager,
 )
 from core.jobs.state import START_GRACE_S
+from core.metrics import MetricsWriter, export_records, read_all
 from tests.helpers import ROOT, records, run_cmd, wait_for
 
 HAVE_TRAINER = (ROOT / "core" / "train.py").is_file()
@@ -263,6 +266,39 @@ def test_cli_reports_errors_without_tracebacks(jobs):
     for bad in (("--run-name", "../x"), ("--run-name", "ok", "--batch-size", "0")):  # refused before printing
         out = cli(jobs.runs_dir, "launch", "--preset", "micro", *bad, "--dry-run")
         assert out.returncode == 1 and out.stdout == "" and out.stderr.startswith("error: "), out
+
+
+def test_export_writes_the_metrics_as_csv_and_jsonl(jobs, tmp_path):
+    run = jobs.runs_dir / "exported"
+    writer = MetricsWriter(run / "metrics.jsonl")
+    writer.write("status", state="running", step=0, total_steps=2)
+    writer.write("train", step=1, loss=10.5, lr=1e-3, mfu=None)
+    writer.write("sample", step=1, text='ROMEO:\nsay "hi", then')
+    writer.write("eval", step=2, val_loss=float("nan"))  # written as null
+    writer.close()
+    written = read_all(run / "metrics.jsonl")
+
+    out = cli(jobs.runs_dir, "export", "exported", "--format", "jsonl")
+    assert out.returncode == 0 and [json.loads(line) for line in out.stdout.splitlines()] == written
+
+    out = cli(jobs.runs_dir, "export", "exported")  # csv by default
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    header = out.stdout.splitlines()[0].split(",")
+    assert header[:3] == ["kind", "step", "time"] and set(header) == {k for r in written for k in r}
+    assert [r["kind"] for r in rows] == ["status", "train", "sample", "eval"]
+    assert rows[1]["loss"] == "10.5" and rows[1]["mfu"] == "" and rows[1]["state"] == ""
+    assert rows[2]["text"] == 'ROMEO:\nsay "hi", then' and rows[3]["val_loss"] == ""
+    assert all(float(r["time"]) == w["time"] for r, w in zip(rows, written))
+
+    target = tmp_path / "m.csv"
+    out = cli(jobs.runs_dir, "export", "exported", "-o", str(target))
+    assert out.returncode == 0 and target.read_text() == export_records(run / "metrics.jsonl", "csv")
+    for args in (("export", "nope"), ("export", "exported", "-o", str(tmp_path / "no" / "m.csv"))):
+        out = cli(jobs.runs_dir, *args)
+        assert out.returncode == 1 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr, out
+    (jobs.runs_dir / "imported").mkdir()
+    out = cli(jobs.runs_dir, "export", "imported")
+    assert out.returncode == 1 and "no metrics" in out.stderr
 
 
 # ----- a fake trainer: a tiny script in the trainer's place, launched as a real job ------------------------

@@ -12,6 +12,7 @@ import torch
 
 from core.checkpoint import save_checkpoint
 from core.config import ConfigError, model_config
+from core.data import BUNDLED
 from core.hf import export_hf
 from core.model import GPT
 from core.paths import AccessPolicy
@@ -74,7 +75,7 @@ def test_exposed_data_path_outside_the_allowed_folders_is_refused_without_tellin
 
     cfg = form_to_config(form(data_source="local", data_path=str(shared / "corpus.txt")), runs, access=access)
     assert cfg.data == str((shared / "corpus.txt").resolve())  # the trainer reads exactly the checked file
-    bundled = Path(__file__).resolve().parent.parent / "data" / "tinyshakespeare.txt"
+    bundled = BUNDLED["shakespeare"]  # the packaged corpus, by its path
     assert form_to_config(form(data_source="local", data_path=str(bundled)), runs, access=access).data
     # On loopback the app stays as free as a terminal.
     local = form_to_config(form(data_source="local", data_path=str(private / "secret.txt")), runs)
@@ -135,7 +136,8 @@ def test_app_builds_the_policy_from_its_flags(tmp_path):
     )
     access = app.access_policy(args)
     bundled = Path(app.__file__).resolve().parent / "data"
-    assert access.exposed and set(access.allowed) == {runs.resolve(), bundled, corpora, more}
+    corpus = BUNDLED["shakespeare"].parent  # the packaged corpus
+    assert access.exposed and set(access.allowed) == {runs.resolve(), bundled, corpus, corpora, more}
     assert app.access_policy(app.parse_args(["--share"])).exposed
     assert not app.access_policy(app.parse_args(["--host", "localhost"])).exposed
     with pytest.raises(SystemExit):

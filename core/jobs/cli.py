@@ -1,4 +1,5 @@
 """python -m core.jobs [--runs-dir DIR] list | status RUN | stop RUN | resume RUN | logs RUN | launch | delete RUN
+| export RUN
 
 Exit code 0 on success, 1 with a one-line `error: ...` on stderr when the operation is refused.
 """
@@ -10,13 +11,16 @@ import contextlib
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from core.cli import add_config_arguments, overrides_from_args
 from core.config import ConfigError, TrainConfig
+from core.files import write_text_atomic
 from core.jobs.errors import JobError
 from core.jobs.manager import STOP_TIMEOUT_S, Jobs
 from core.jobs.records import JobStatus
+from core.metrics import FORMATS, export_records
 from core.runs import validate_run_name
 
 
@@ -72,8 +76,23 @@ def _follow(jobs: Jobs, name: str) -> None:
         time.sleep(0.5)
 
 
+EXAMPLES = """examples:
+  python -m core.jobs launch --preset tiny --max-steps 1000 --run-name tiny-shk
+  python -m core.jobs list
+  python -m core.jobs logs tiny-shk -f                      follow its log until the job ends
+  python -m core.jobs stop tiny-shk                         it saves a checkpoint, then exits
+  python -m core.jobs resume tiny-shk
+  python -m core.jobs export tiny-shk --format csv -o tiny-shk.csv
+  python -m core.jobs --runs-dir ~/runs status tiny-shk --json"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m core.jobs", description="Manage background training jobs.")
+    ap = argparse.ArgumentParser(
+        prog="python -m core.jobs",
+        description="Manage background training jobs.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--runs-dir", default="checkpoints", help="the runs folder (default: checkpoints)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("list", help="all runs, active first")
@@ -98,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("-n", type=int, default=50, help="lines (default 50)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p = sub.add_parser("export", help="a run's metrics as CSV (one row per record) or JSONL")
+    p.add_argument("run")
+    p.add_argument("--format", choices=FORMATS, default="csv", help="csv (default) or jsonl")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of printing")
     p = sub.add_parser("launch", help="start a training job in the background")
     p.add_argument("--config", help="a TrainConfig JSON file; flags override its fields")
     p.add_argument("--allow-concurrent", action="store_true", help="allow a second job on the CPU")
@@ -150,6 +173,22 @@ def _delete(jobs: Jobs, args: argparse.Namespace) -> None:
     print(f"deleted {args.run}")
 
 
+def _export(jobs: Jobs, args: argparse.Namespace) -> None:
+    run_dir = Path(jobs.status(args.run).run_dir)  # status refuses a name that is no run
+    try:
+        text = export_records(run_dir / "metrics.jsonl", args.format)
+    except ValueError as e:  # no metrics file
+        raise JobError(str(e)) from e
+    if args.output:
+        try:
+            write_text_atomic(Path(args.output), text)
+        except OSError as e:
+            raise JobError(f"cannot write {args.output} ({e.strerror}); give a file in a folder that exists") from e
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
 def _launch(jobs: Jobs, args: argparse.Namespace) -> None:
     base = TrainConfig.from_json(args.config).to_dict() if args.config else {}
     config = TrainConfig.from_dict({**base, **overrides_from_args(args)})
@@ -172,6 +211,7 @@ COMMANDS = {
     "logs": _logs,
     "delete": _delete,
     "launch": _launch,
+    "export": _export,
 }
 
 
