@@ -29,7 +29,6 @@ EVERY_FIELD = TrainConfig(
     val_data="hf:some/dataset",
     val_fraction=0.05,
     data_token_budget=123_456_789,
-    shard_tokens=1_000,
     data_cache="/tmp/cache",
     shard_tokens=5_000_000,
     batch_size=3,
