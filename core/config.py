@@ -266,8 +266,8 @@ class TrainConfig:
         ]
 
     def with_absolute_paths(self, base: str | Path | None = None) -> TrainConfig:
-        """A copy whose local data, val_data and init_from paths are absolute (relative ones taken from base, by
-        default the working folder), so a trainer started in another folder reads the files that were checked.
+        """A copy whose local data, val_data, init_from and data_cache paths are absolute (relative ones taken from
+        base, by default the working folder), so a trainer started in another folder uses the files that were meant.
         Names that are not local paths (bundled corpora, hf:..., hub ids, run names) are kept as they are."""
         root = Path(base) if base is not None else Path.cwd()
         out = dataclasses.replace(self)
@@ -275,6 +275,7 @@ class TrainConfig:
             value = getattr(out, name)
             if value and not value.startswith("hf:") and not Path(value).is_absolute() and (root / value).exists():
                 setattr(out, name, str((root / value).resolve()))
+        out.data_cache = str((root / out.data_cache).resolve())  # written by the trainer: where the caller meant
         return out
 
     def to_dict(self) -> dict[str, Any]:
