@@ -53,10 +53,14 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         grad_h, grad_w = ctx.saved_tensors
         h_dtype, w_dtype = ctx.dtypes
-        # Scaled in fp32 before any cast, so a loss scaler's factor lands before fp16 rounding.
-        grad_h = (grad_h * grad_out).to(h_dtype) if grad_h is not None else None
-        grad_w = (grad_w * grad_out).to(w_dtype) if grad_w is not None else None
-        return grad_h, grad_w, None, None, None, None
+        return _scaled(grad_h, grad_out, h_dtype), _scaled(grad_w, grad_out, w_dtype), None, None, None, None
+
+
+def _scaled(grad: torch.Tensor | None, grad_out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """grad * grad_out in `dtype`, cast first (a bf16 gradient is scaled in fp32); never in place of grad."""
+    if grad is None:
+        return None
+    return grad * grad_out if grad.dtype == dtype else grad.to(dtype).mul_(grad_out)
 
 
 def _chunked_loss(
@@ -68,7 +72,12 @@ def _chunked_loss(
     dtype: torch.dtype,
     wanted: tuple[bool, bool],
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(mean loss, fp32 d loss / d hidden or None, fp32 d loss / d weight or None), `rows` rows at a time."""
+    """(mean loss, d loss / d hidden or None, d loss / d weight or None), about `rows` rows at a time.
+
+    d hidden is fp32. d weight is summed over the chunks in the compute dtype (by in-place matmuls; an fp32
+    sum would cost a full pass over the weight per chunk), in fp32 for fp16, whose small terms underflow
+    before a loss scaler has multiplied them.
+    """
     with torch.autocast(hidden.device.type, enabled=False):  # every dtype below is chosen explicitly
         h, w = hidden.to(dtype), weight.to(dtype)
         valid = targets != IGNORE_INDEX
@@ -76,7 +85,9 @@ def _chunked_loss(
         picks = targets.clamp(min=0)[:, None]  # any index for ignored rows; their terms are zeroed
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if wanted[0] else None
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=h.device) if wanted[1] else None
+        sum_dtype = torch.float32 if dtype == torch.float16 else dtype
+        grad_w = torch.zeros(w.shape, dtype=sum_dtype, device=h.device) if wanted[1] else None
+        rows = -(-h.size(0) // -(-h.size(0) // rows))  # equal chunks: no small last one
         for s in range(0, h.size(0), rows):
             hc, pc, vc = h[s : s + rows], picks[s : s + rows], valid[s : s + rows]
             z = (hc @ w.T).float()  # (n, V_padded) logits, fp32 for the softmax
@@ -85,13 +96,15 @@ def _chunked_loss(
             loss += ((lse - z.gather(1, pc)[:, 0]) * vc).sum()
             if grad_h is None and grad_w is None:
                 continue
-            d = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            d.scatter_add_(1, pc, torch.full_like(lse[:, None], -1.0))  # minus the one-hot target
-            d = d.mul_((vc / n_valid)[:, None]).to(dtype)  # the mean's 1/n; rounded like the plain head's grad
+            # (softmax - one-hot) / n_valid, in place of the logits; ignored rows shifted by +inf to 0.
+            shift = torch.where(vc, lse + n_valid.log(), float("inf"))
+            d = z.sub_(shift[:, None]).exp_()
+            d.scatter_add_(1, pc, -(vc / n_valid)[:, None])
+            d = d.to(dtype)  # rounded where the plain head's gradient is
             if grad_h is not None:
                 grad_h[s : s + rows] = d @ w
             if grad_w is not None and d.dtype == grad_w.dtype:
                 grad_w.addmm_(d.T, hc)
             elif grad_w is not None:
-                grad_w += d.T @ hc  # fp32 accumulator; each chunk's product in the compute dtype
+                grad_w += d.T @ hc
         return loss / n_valid, grad_h, grad_w
