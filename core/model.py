@@ -14,12 +14,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.config import ModelConfig
+from core.losses import linear_cross_entropy
 
 
 class GPTOutput(NamedTuple):
     """What GPT.forward returns, always these three fields."""
 
-    logits: torch.Tensor  # (B, T, vocab_size), or (B, 1, vocab_size) with last_only
+    logits: torch.Tensor | None  # (B, T, vocab_size), (B, 1, vocab_size) with last_only; None: see forward
     loss: torch.Tensor | None  # mean cross-entropy; None without targets
     attentions: list[torch.Tensor] | None  # one (B, H, T, S) probability tensor per layer; None without return_attn
 
@@ -198,8 +199,15 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         return_attn: bool = False,
         last_only: bool = False,
+        return_logits: bool = False,
     ) -> GPTOutput:
-        """Logits for idx (B, T), the mean cross-entropy loss when targets are given.
+        """Logits for idx (B, T); with targets (B, T), the mean cross-entropy loss (targets of -1 left out).
+
+        model(idx) returns the logits and loss None. model(idx, targets) returns the loss and logits None:
+        the loss is then computed chunk by chunk from the final hidden states (core.losses), so the
+        B x T x vocab logits, softmax and gradient are never all alive at once -- the training step's biggest
+        tensors. model(idx, targets, return_logits=True) returns both, the loss computed from the full logits
+        (same value within fp32 rounding). return_logits has no effect without targets.
 
         pos: the absolute position of idx[:, 0]. cache: keys/values of the positions before pos (from
         earlier calls) are read from it and those of idx are written into it. return_attn: run the explicit
@@ -218,7 +226,12 @@ class GPT(nn.Module):
                 attns.append(probs)
         if last_only:
             x = x[:, -1:]
-        logits = self.lm_head(self.transformer.ln_f(x))
+        x = self.transformer.ln_f(x)
+        if targets is not None and not return_logits:
+            h = x.reshape(-1, x.size(-1))
+            loss = linear_cross_entropy(h, self.lm_head.weight, targets.reshape(-1), self.config.vocab_size)
+            return GPTOutput(None, loss, attns)
+        logits = self.lm_head(x)
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]  # padded rows are never predicted
         loss = None

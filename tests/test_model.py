@@ -62,7 +62,9 @@ def test_forward_returns_one_shape_and_checks_the_cache():
     x = _tokens(T=8)
     out = m(x, x)
     assert isinstance(out, GPTOutput) and out.loss.dim() == 0 and out.attentions is None
-    assert out.logits.shape == (2, 8, 50257)
+    assert out.logits is None  # with targets the loss is chunked and the logits are not made
+    both = m(x, x, return_logits=True)
+    assert both.logits.shape == (2, 8, 50257) and torch.allclose(both.loss, out.loss, atol=1e-6)
     cache = m.new_cache(2, max_len=8)
     assert cache.k.shape == (2, 2, 2, 8, 16) and cache.k.dtype == torch.float32
     assert m.new_cache(1, max_len=1000).max_len == 32  # never longer than the context window
