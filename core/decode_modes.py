@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -61,21 +62,35 @@ def _static_attention(
     B, T, C = x.shape
     q, k, v = attn.c_attn(x).split(attn.n_embd, dim=2)
     q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))
-    k_buf.index_copy_(2, pos, k)
-    v_buf.index_copy_(2, pos, v)
+    k_buf[:, :, pos] = k
+    v_buf[:, :, pos] = v
     y = F.scaled_dot_product_attention(q, k_buf, v_buf, attn_mask=visible)
     return attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
-def _static_step(model: GPT, idx: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """decode_step with shapes that do not depend on pos: idx (B, 1), pos (1,) long, k/v the cache's tensors."""
+def _static_step(
+    model: GPT, idx: torch.Tensor, pos: torch.Tensor, k: Sequence[torch.Tensor], v: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """decode_step with shapes that do not depend on pos: idx (B, 1), pos (1,) long, k/v one (B, H, S, D)
+    tensor per layer. Separate tensors, not one indexed inside: inductor then writes the new keys in place,
+    where selecting a layer of one (L, B, H, S, D) input made it copy the whole cache every step."""
     t = model.transformer
     x = t.wte(idx) + t.wpe(pos)
-    visible = (torch.arange(k.size(3), device=idx.device) <= pos)[None]  # (1, S): keys written so far, this one too
+    visible = (torch.arange(k[0].size(2), device=idx.device) <= pos)[None]  # (1, S): keys so far, this one too
     for i, block in enumerate(t.h):
         x = x + _static_attention(block.attn, block.ln_1(x), pos, k[i], v[i], visible)
         x = x + block.mlp(block.ln_2(x))
     return model.lm_head(t.ln_f(x))[:, -1, : model.config.vocab_size]
+
+
+class StaticKVCache(KVCache):
+    """A KVCache that also keeps one view per layer, made once: the compiled step takes them as its inputs."""
+
+    def __init__(self, model: GPT, batch: int, max_len: int) -> None:
+        c = model.config
+        w = model.transformer.wte.weight
+        super().__init__(c.n_layer, batch, c.n_head, max_len, c.head_dim, device=w.device, dtype=w.dtype)
+        self.layers = (self.k.unbind(0), self.v.unbind(0))
 
 
 class StaticDecodeStep:
@@ -107,24 +122,24 @@ class StaticDecodeStep:
         block = self.model.config.block_size
         return min(block, max(MIN_STATIC_LEN, 1 << (max(needed, 1) - 1).bit_length()))
 
-    def acquire(self, batch: int, needed: int) -> KVCache:
+    def acquire(self, batch: int, needed: int) -> StaticKVCache:
         key = (batch, self.cache_len(needed))
         with self._lock:
             if self._free.get(key):
                 return self._free[key].pop()
-        cache = self.model.new_cache(*key)
+        cache = StaticKVCache(self.model, *key)
         if self.cuda:
-            torch._dynamo.mark_static_address(cache.k)
-            torch._dynamo.mark_static_address(cache.v)
+            for t in (*cache.layers[0], *cache.layers[1]):
+                torch._dynamo.mark_static_address(t)
         return cache
 
-    def release(self, cache: KVCache) -> None:
+    def release(self, cache: StaticKVCache) -> None:
         with self._lock:
             free = self._free.setdefault((cache.batch, cache.max_len), [])
             if len(free) < 2:  # keep a couple per shape; more would only hold memory
                 free.append(cache)
 
-    def __call__(self, tokens: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, pos: int, cache: StaticKVCache) -> torch.Tensor:
         idx = tokens[:, None]
         pos_t = torch.tensor([pos], device=tokens.device)
         with self._lock:
@@ -133,11 +148,11 @@ class StaticDecodeStep:
                     if self.cuda:
                         torch.compiler.cudagraph_mark_step_begin()
                     # CUDA graphs reuse their output buffer at the next replay: hand out a copy.
-                    return self.compiled(self.model, idx, pos_t, cache.k, cache.v).clone()
+                    return self.compiled(self.model, idx, pos_t, *cache.layers).clone()
                 except Exception as e:  # noqa: BLE001 -- any compiler failure falls back to eager
                     self.failure = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                     log.warning("compiled decoding unavailable (%s); decoding uncompiled", self.failure)
-            return _static_step(self.model, idx, pos_t, cache.k, cache.v)
+            return _static_step(self.model, idx, pos_t, *cache.layers)
 
 
 # --- one decoder per (model, mode) -------------------------------------------------------------
@@ -201,3 +216,35 @@ def _build(model: GPT, mode: str, key: tuple) -> _Built:
     if mode == "compiled":
         return _Built(key, None, StaticDecodeStep(model))
     return _Built(key, int8_copy(model) if mode == "int8" else bf16_copy(model), None)
+
+
+# --- quality ------------------------------------------------------------------------------------
+class ModeQuality(NamedTuple):
+    max_logit_diff: float  # largest |logit - default mode's logit| over the vocabulary and every step
+    agreement: float  # share of steps whose most likely token is the default mode's greedy token
+    steps: int
+
+
+def compare_with_default(model: GPT, mode: str, prompt: Sequence[int], steps: int = 128) -> ModeQuality:
+    """How closely `mode` follows the default mode on one greedy continuation of prompt.
+
+    Teacher-forced: both decoders read the prompt, then both are fed the default mode's greedy token at
+    every step, so a single early difference is counted once instead of derailing every later token.
+    """
+    if len(prompt) + steps - 1 > model.config.block_size:
+        raise ValueError(f"prompt ({len(prompt)}) + steps ({steps}) must fit the context window")
+    ref, test = decoder_for(model), decoder_for(model, mode)
+    device = model.transformer.wte.weight.device
+    diff, agree = 0.0, 0
+    with torch.inference_mode():
+        ids = torch.tensor([list(prompt)], device=device)
+        caches = ref.new_cache(1, len(prompt) + steps), test.new_cache(1, len(prompt) + steps)
+        a, b = ref.prefill(ids, caches[0]), test.prefill(ids, caches[1])
+        for i in range(steps):
+            tok = a.argmax(-1)
+            diff = max(diff, (a - b).abs().max().item())
+            agree += int(torch.equal(b.argmax(-1), tok))
+            if i + 1 < steps:
+                a, b = ref.step(tok, len(prompt) + i, caches[0]), test.step(tok, len(prompt) + i, caches[1])
+        test.release(caches[1])
+    return ModeQuality(diff, agree / steps, steps)
