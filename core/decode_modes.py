@@ -7,6 +7,7 @@
   one warning line and the same step runs uncompiled.
 - bf16: a bf16 copy of the weights; activations and the KV cache in bf16 too.
 - int8: a copy with int8 projection and head weights (core.quant); the rest stays fp32.
+- int8-compiled: both: the int8 copy's decode step, compiled.
 
 Converted copies and compiled steps are built on first use and kept per model (dropped with it), and
 rebuilt if the model's weights change in place.
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from core.model import GPT, CausalSelfAttention, KVCache
 from core.quant import bf16_copy, int8_copy
 
-MODES = ("default", "compiled", "bf16", "int8")
+MODES = ("default", "compiled", "bf16", "int8", "int8-compiled")
 MIN_STATIC_LEN = 64  # compiled mode: cache lengths are powers of two from here, so few shapes get compiled
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def _weights_key(model: GPT) -> tuple:
 
 class _Built(NamedTuple):
     key: tuple  # _weights_key when built
-    model: GPT | None  # the converted copy (int8, bf16); None for compiled, which runs the model itself
+    model: GPT | None  # the converted copy (int8, bf16); None: the mode runs the model itself
     static: StaticDecodeStep | None
 
 
@@ -209,13 +210,14 @@ def decoder_for(model: GPT, mode: str = "default") -> Decoder:
         if built is None or built.key != key:
             built = _build(model, mode, key)
             _built[model][mode] = built
-    return Decoder(model if built.static else built.model, mode, built.static)
+    return Decoder(model if built.model is None else built.model, mode, built.static)
 
 
 def _build(model: GPT, mode: str, key: tuple) -> _Built:
-    if mode == "compiled":
-        return _Built(key, None, StaticDecodeStep(model))
-    return _Built(key, int8_copy(model) if mode == "int8" else bf16_copy(model), None)
+    convert = {"bf16": bf16_copy, "int8": int8_copy, "int8-compiled": int8_copy}.get(mode)
+    converted = convert(model) if convert else None
+    static = StaticDecodeStep(converted or model) if mode.endswith("compiled") else None
+    return _Built(key, converted, static)
 
 
 # --- quality ------------------------------------------------------------------------------------

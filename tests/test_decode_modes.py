@@ -129,7 +129,9 @@ def test_decoders_are_reused_until_the_weights_change():
 
 
 def test_bad_mode_is_one_clear_message(tiny):
-    with pytest.raises(ValueError, match="mode must be one of default, compiled, bf16, int8; got 'fast'"):
+    with pytest.raises(
+        ValueError, match="mode must be one of default, compiled, bf16, int8, int8-compiled; got 'fast'"
+    ):
         stream(tiny, "x", SamplingConfig(mode="fast"))
     with pytest.raises(ValueError, match="use_cache=False needs mode='default'"):
         stream(tiny, "x", SamplingConfig(mode="int8", use_cache=False))
