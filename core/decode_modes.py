@@ -165,6 +165,11 @@ class Decoder:
         self.mode = mode
         self.static = static
 
+    @property
+    def compile_failure(self) -> str | None:
+        """Why a compiled mode is running its step uncompiled (one line), or None."""
+        return self.static.failure if self.static else None
+
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return self.static.acquire(batch, max_len) if self.static else self.model.new_cache(batch, max_len)
 
