@@ -11,6 +11,7 @@ on every token (as slow as recomputing without a cache).
 The model holds no state: each stream owns its KV cache (core.model.KVCache) and passes it to every
 forward, so any number of streams (two browser tabs, two threads) can run on one loaded model at once.
 prefill and decode_step are the two forwards, as plain functions of (model, tokens, cache).
+SamplingConfig.mode picks how they run (fp32, compiled, bf16, int8: core.decode_modes).
 """
 
 from __future__ import annotations
