@@ -109,7 +109,7 @@ class StaticDecodeStep:
         self.compiled = torch.compile(_static_step, mode=mode, fullgraph=True, dynamic=False)
         self.failure: str | None = None  # why compilation failed; the step then runs eagerly
         self._lock = threading.Lock()
-        self._free: dict[tuple[int, int], list[KVCache]] = {}
+        self._free: dict[tuple[int, int], list[StaticKVCache]] = {}
 
     @property
     def model(self) -> GPT:
@@ -151,7 +151,8 @@ class StaticDecodeStep:
                     # CUDA graphs reuse their output buffer at the next replay: hand out a copy.
                     return self.compiled(self.model, idx, pos_t, *cache.layers).clone()
                 except Exception as e:  # noqa: BLE001 -- any compiler failure falls back to eager
-                    self.failure = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                    first_line = (str(e).strip().splitlines() or [""])[0]
+                    self.failure = f"{type(e).__name__}: {first_line}"
                     log.warning("compiled decoding unavailable (%s); decoding uncompiled", self.failure)
             return _static_step(self.model, idx, pos_t, *cache.layers)
 
