@@ -11,6 +11,7 @@ on every token (as slow as recomputing without a cache).
 The model holds no state: each stream owns its KV cache (core.model.KVCache) and passes it to every
 forward, so any number of streams (two browser tabs, two threads) can run on one loaded model at once.
 prefill and decode_step are the two forwards, as plain functions of (model, tokens, cache).
+SamplingConfig.mode picks how they run (fp32, compiled, bf16, int8: core.decode_modes).
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ import torch
 import torch.nn as nn
 
 from core.config import EOT_TOKEN
-from core.model import GPT, KVCache, unwrap_model
+from core.decode_modes import MODES as MODES  # re-exported with the two forwards: callers import them from here
+from core.decode_modes import Decoder, check_mode, decoder_for
+from core.decode_modes import decode_step as decode_step
+from core.decode_modes import prefill as prefill
+from core.model import unwrap_model
 from core.tokenizer import StreamDecoder, encode
 
 GREEDY_BELOW = 1e-5  # temperatures below this are treated as 0 (dividing by them overflows)
@@ -43,6 +48,7 @@ class SamplingConfig:
     top_candidates: int = 0  # >0: report this many candidates per step (Step.top)
     window_keep: int | None = None  # tokens kept when the context slides; None = block_size // 2
     use_cache: bool = True  # False recomputes the whole window each step (reference / benchmarks)
+    mode: str = "default"  # how the model runs: one of core.decode_modes.MODES (docs/sampling.md#modes)
 
     def validate(self) -> SamplingConfig:
         """Check every field; raises ValueError naming the field and the allowed range."""
@@ -73,6 +79,9 @@ class SamplingConfig:
             raise ValueError(f"top_candidates must be an integer >= 0, got {self.top_candidates!r}")
         if self.window_keep is not None and (not is_int(self.window_keep) or self.window_keep < 1):
             raise ValueError(f"window_keep must be an integer >= 1, or None; got {self.window_keep!r}")
+        check_mode(self.mode)
+        if self.mode != "default" and not self.use_cache:
+            raise ValueError(f"mode {self.mode!r} decodes with the KV cache; use_cache=False needs mode='default'")
         return self
 
     @property
@@ -221,23 +230,12 @@ def window_keep(block_size: int, requested: int | None = None) -> int:
     return min(requested or max(1, block_size // 2), block_size - 1)
 
 
-def prefill(model: GPT, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-    """Next-token logits (B, V) after reading tokens (B, T) from position 0; their keys/values go into cache."""
-    return model(tokens, cache=cache, last_only=True).logits[:, -1]
-
-
-def decode_step(model: GPT, tokens: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
-    """Next-token logits (B, V) after one more token per row, tokens (B,), at absolute position pos;
-    positions 0 .. pos - 1 are read from cache."""
-    return model(tokens[:, None], pos=pos, cache=cache).logits[:, -1]
-
-
 class _Window:
     """The tokens a batch of equal-length rows currently sees, and their KV cache; slides when full."""
 
-    def __init__(self, model: GPT, rows: torch.Tensor, cfg: SamplingConfig, max_steps: int) -> None:
-        self.model = model
-        self.block = model.config.block_size
+    def __init__(self, decoder: Decoder, rows: torch.Tensor, cfg: SamplingConfig, max_steps: int) -> None:
+        self.decoder = decoder
+        self.block = decoder.model.config.block_size
         self.keep = window_keep(self.block, cfg.window_keep)
         batch, length = rows.shape
         # Preallocated so steps never reallocate.
@@ -247,10 +245,14 @@ class _Window:
         self.n = rows.size(1)
         self.tokens[:, : self.n] = rows
         max_len = min(self.block, self.n + max_steps)
-        self.cache = model.new_cache(batch, max_len) if cfg.use_cache else None
+        self.cache = decoder.new_cache(batch, max_len) if cfg.use_cache else None
 
     def prefill(self) -> torch.Tensor:
-        return prefill(self.model, self.tokens[:, : self.n], self.cache)
+        return self.decoder.prefill(self.tokens[:, : self.n], self.cache)
+
+    def close(self) -> None:
+        self.decoder.release(self.cache)
+        self.cache = None
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row and return the next logits; slides the window when it is full."""
@@ -266,7 +268,7 @@ class _Window:
         self.n += 1
         if self.cache is None:
             return self.prefill()
-        return decode_step(self.model, tokens, self.n - 1, self.cache)
+        return self.decoder.step(tokens, self.n - 1, self.cache)
 
 
 def _run(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig) -> Iterator[Step]:
@@ -284,12 +286,24 @@ def _run(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig) -> Ite
         gen.manual_seed(cfg.seed)
     shortest = min(len(p) for p in prompts)
     pending = [p[shortest:] for p in prompts]  # prompt tokens still to be read, per row
-    trackers = [_TextTracker(cfg.stop, cfg.stop_at_eot) for _ in prompts]
     max_steps = max(len(p) for p in pending) + cfg.max_new_tokens
-    B = len(prompts)
     with torch.inference_mode():
         rows = torch.tensor([p[:shortest] for p in prompts], dtype=torch.long, device=device)
-        window = _Window(gpt, rows, cfg, max_steps)
+        window = _Window(decoder_for(gpt, cfg.mode), rows, cfg, max_steps)
+    try:
+        yield from _decode(window, pending, cfg, gen, max_steps)
+    finally:
+        window.close()  # also when the caller stops iterating early
+
+
+def _decode(
+    window: _Window, pending: list[list[int]], cfg: SamplingConfig, gen: torch.Generator, max_steps: int
+) -> Iterator[Step]:
+    """The generation loop of _run: choose a token per row, report it, feed it."""
+    B = len(pending)
+    device = window.tokens.device
+    trackers = [_TextTracker(cfg.stop, cfg.stop_at_eot) for _ in range(B)]
+    with torch.inference_mode():
         logits = window.prefill()
     for index in range(max_steps):
         with torch.inference_mode():

@@ -17,7 +17,7 @@ from pathlib import Path
 from core.checkpoint import CheckpointError
 from core.config import TrainConfig
 from core.device import pick_device
-from core.generation import SamplingConfig, stream
+from core.generation import MODES, SamplingConfig, stream
 from core.hf import HFError
 from core.tokenizer import TokenizerError
 from core.weights import load_weights
@@ -53,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-stop-at-eot", action="store_true", help="keep going past <|endoftext|>")
     ap.add_argument("--no-echo", action="store_true", help="print only the completion, not the prompt")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    ap.add_argument(
+        "--mode",
+        default="default",
+        choices=MODES,
+        help="default: fp32 with KV cache; compiled: torch.compile'd decode step (compiles on first use); "
+        "bf16 / int8: lighter weights, faster on CPU at a small cost in accuracy (docs/sampling.md#modes)",
+    )
     return ap.parse_args(argv)
 
 
@@ -69,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             stop=tuple(args.stop),
             stop_at_eot=not args.no_stop_at_eot,
             num_samples=args.num_samples,
+            mode=args.mode,
         ).validate()
         device = pick_device(args.device)  # ConfigError (a ValueError) names a device that is not there
         model = load_weights(args.checkpoint, device, args.runs_dir)[0]
@@ -105,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     dt = time.perf_counter() - t0
     note = "; the context window slid (older text was dropped)" if slid else ""
     print(
-        f"[{n_tokens} tokens in {dt:.2f}s, {n_tokens / max(dt, 1e-9):.1f} tokens/s on {device}{note}]", file=sys.stderr
+        f"[{n_tokens} tokens in {dt:.2f}s, {n_tokens / max(dt, 1e-9):.1f} tokens/s on {device}, mode {cfg.mode}{note}]",
+        file=sys.stderr,
     )
     return 0
 

@@ -179,6 +179,7 @@ def test_empty_prompt_starts_from_eot(model):
         (dict(num_samples=0), "num_samples"),
         (dict(stop=("",)), "stop"),
         (dict(seed=-1), "seed"),
+        (dict(mode="fast"), "mode"),
     ],
 )
 def test_bad_arguments_raise(model, kwargs, field):
