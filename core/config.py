@@ -197,6 +197,13 @@ class TrainConfig:
             (self.grad_clip >= 0, "grad_clip", "grad_clip must be >= 0 (0 disables clipping)"),
             (self.eval_interval >= 0, "eval_interval", "eval_interval must be >= 0 (0: never)"),
             (self.ckpt_interval >= 0, "ckpt_interval", "ckpt_interval must be >= 0 (0: only at the end)"),
+            (self.sample_interval >= 0, "sample_interval", "sample_interval must be >= 0 (0: never)"),
+            (self.seed >= 0, "seed", "seed must be >= 0"),
+            (
+                (self.total_batch_tokens or 0) >= 0,
+                "total_batch_tokens",
+                "total_batch_tokens must be >= 0 (0: one micro-batch per process, no accumulation)",
+            ),
             (self.eval_batches >= 1, "eval_batches", "eval_batches must be >= 1"),
             (self.keep_last >= 1, "keep_last", "keep_last must be >= 1"),
             (0 < self.val_fraction < 1 or self.val_data is not None, "val_fraction", "val_fraction must be in (0, 1)"),

@@ -414,7 +414,8 @@ def refresh_run_pickers(tab: Tab, ctx: AppContext, current: str | None) -> dict[
 
 
 def _number_field(name: str, label: str) -> gr.Number:
-    return gr.Number(DEFAULTS[name], label=label, precision=0, info=field_info(name), minimum=0)
+    # No minimum/maximum: Gradio would reject a value with a toast before the app's own check names the field.
+    return gr.Number(DEFAULTS[name], label=label, precision=0, info=field_info(name))
 
 
 def _layout_model_and_data() -> dict[str, Any]:

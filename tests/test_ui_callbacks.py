@@ -69,6 +69,9 @@ def test_defaults_make_a_valid_cpu_config(tmp_path):
         ({"data_source": "hf", "hf_dataset": ""}, "hf_dataset", "empty"),
         ({"device": "cpu-ddp", "nproc": 1}, "nproc", "2 to 64"),
         ({"init_from": "/no/such/checkpoint"}, "init_from", "not found"),
+        ({"seed": -5}, "seed", "seed must be >= 0"),
+        ({"sample_interval": -5}, "sample_interval", "sample_interval must be >= 0"),
+        ({"total_batch_tokens": -5}, "total_batch_tokens", "total_batch_tokens must be >= 0"),
     ],
 )
 def test_invalid_settings_name_their_field(tmp_path, overrides, field, words):
