@@ -102,8 +102,10 @@ def refresh_models(tab: Tab, ctx: AppContext, run: str | None = None, ckpt: str 
 
 def pick_row(tab: Tab, ctx: AppContext, rows: Any, evt: gr.SelectData) -> dict[Any, Any]:
     """A clicked table row picks its run (to delete) and its checkpoint (to export)."""
-    row = rows.iloc[evt.index[0]] if hasattr(rows, "iloc") else rows[evt.index[0]]
-    name, ck = row[0], row[3]
+    row = evt.row_value  # the clicked row's cells, by position (the table's value is a DataFrame keyed by header)
+    if row is None:
+        row = rows.iloc[evt.index[0]].tolist() if hasattr(rows, "iloc") else rows[evt.index[0]]
+    name, ck = row[COLUMNS.index("Run")], row[COLUMNS.index("Checkpoint")]
     picked = {tab["run"]: name}
     if ck and ck != "—":
         picked[tab["ckpt"]] = str(ctx.jobs.run_dir(name) / "ckpt" / ck)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 import gradio.utils
+import pandas as pd
 import pytest
 import torch
 
@@ -420,6 +421,12 @@ def test_models_callbacks_pick_ask_and_delete(tmp_path):
     picked = models_tab.pick_row(tab, ctx, rows, gr.SelectData(tab["table"], {"index": [0, 2], "value": "—"}))
     ckpt = str(ctx.runs_dir / "old" / "ckpt" / "step-000007")
     assert picked == {tab["run"]: "old", tab["ckpt"]: ckpt}
+    # What the browser sends: the table as a DataFrame keyed by its headers, and the clicked row's cells.
+    frame = pd.DataFrame(rows, columns=models_tab.COLUMNS)
+    clicked = gr.SelectData(tab["table"], {"index": [0, 2], "value": "—", "row_value": rows[0]})
+    assert models_tab.pick_row(tab, ctx, frame, clicked) == picked
+    no_row_value = gr.SelectData(tab["table"], {"index": [0, 2], "value": "—"})
+    assert models_tab.pick_row(tab, ctx, frame, no_row_value) == picked
 
     asked = models_tab.ask_to_delete(tab, ctx, "old")
     assert (

@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from core.checkpoint import save_checkpoint
+from core.config import TrainConfig, model_config
+from core.model import GPT
 
 pytestmark = pytest.mark.browser
 
@@ -58,3 +64,25 @@ def test_negative_numbers_get_a_message_under_their_field(app_server, page):
         no_gradio_errors(page)
         box.fill(good)
         error.wait_for(state="detached")
+
+
+# ----- 2: a click on a Models table row fills the Delete and Export pickers ----------------------------------------
+
+
+def saved_run(runs: Path, name: str, step: int = 7, preset: str = "micro") -> None:
+    """A finished run folder with one real checkpoint, made without training."""
+    save_checkpoint(runs / name, step, GPT(model_config(preset)), {"val_loss": 3.5})
+    TrainConfig(run_name=name, preset=preset).to_json(runs / name / "config.json")
+
+
+def test_clicking_a_models_row_picks_its_run_and_checkpoint(app_server, page, tmp_path):
+    runs = tmp_path / "runs"
+    saved_run(runs, "picked-run", step=7)
+    saved_run(runs, "other-run", step=9)  # two runs: a picker cannot hold the clicked one by chance
+    page.goto(app_server(runs))
+    page.get_by_role("tab", name="Models").click()
+    page.locator("#models-table >> text=step-000009 >> visible=true").first.wait_for()
+    page.locator("#models-table >> text=step-000007 >> visible=true").first.click()
+    page.wait_for_function("() => document.querySelector('#delete-run input').value === 'picked-run'")
+    page.wait_for_function("() => document.querySelector('#export-ckpt input').value === 'picked-run / step-000007'")
+    no_gradio_errors(page)
