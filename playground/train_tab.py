@@ -6,8 +6,10 @@ it and hands it to core.jobs, which starts `python -m core.train` in the backgro
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,7 @@ FIELD_INFOS = {
     "allow_concurrent": "Run even if another job is using the same device",
 }
 PICK_A_RUN_HINT = "Pick a run to stop or resume it."
+MAX_PATH_CHARS = 4096  # Linux's PATH_MAX
 
 
 def device_choices(gpus: int) -> list[tuple[str, str]]:
@@ -165,6 +168,12 @@ def _data_source(
         if not path:
             raise ConfigError(
                 "data path is empty; give a .txt/.jsonl/.parquet file or a folder of them", field="data_path"
+            )
+        if len(path) > MAX_PATH_CHARS:  # said at once, without asking the file system (a paste gone wrong)
+            raise ConfigError(
+                f"data path is {len(path):,} characters long; a path has at most {MAX_PATH_CHARS:,}: give the path "
+                "of a file or folder",
+                field="data_path",
             )
         if access.exposed and path not in BUNDLED:  # the trainer gets the very path that was checked
             path = str(access.check_read(path, "data_path"))
@@ -297,13 +306,56 @@ def error_field(e: Exception) -> str | None:
 
 def field_states(preset: str | None, error: Exception | None = None) -> dict[str, dict[str, Any]]:
     """{field: update}: the error's message under its field (red), every other field's hint restored."""
-    bad = error_field(error) if error is not None else None
-    return {
-        name: gr.update(info=f"⚠ {error}", elem_classes=["field-error"])
-        if name == bad
-        else gr.update(info=field_info(name, preset), elem_classes=[])
-        for name in FIELDS
-    }
+    view = FormView(preset, error_field(error) if error is not None else None, str(error or ""))
+    return {name: view.field_update(name) for name in FIELDS}
+
+
+@dataclass(frozen=True)
+class FormView:
+    """What the form shows around its values: which field is marked with which message, the preset's hint, the
+    command, the batch line and the message above Launch. Each browser session keeps the last one it was sent, and
+    a preview sends only what differs from it: a keystroke re-renders one or two components, not the whole form."""
+
+    preset: str | None
+    bad_field: str | None = None
+    error: str = ""
+    command: str | None = None  # None: the form is invalid, the last valid command stays
+    batch: str = ""
+    message: str = ""
+
+    def field_state(self, name: str) -> tuple[str | None, bool]:
+        return (f"⚠ {self.error}", True) if name == self.bad_field else (field_info(name, self.preset), False)
+
+    def field_update(self, name: str) -> dict[str, Any]:
+        info, bad = self.field_state(name)
+        return gr.update(info=info, elem_classes=["field-error"] if bad else [])
+
+    def changes(self, tab: Tab, shown: FormView | None) -> dict[Any, Any]:
+        """{component: update} for what differs from `shown` (everything when nothing was shown yet)."""
+        names = FIELDS if shown is None else [n for n in FIELDS if self.field_state(n) != shown.field_state(n)]
+        out: dict[Any, Any] = {tab[name]: self.field_update(name) for name in names}
+        for key, value, before in (
+            ("command", self.command, shown and shown.command),
+            ("batch_md", self.batch, shown and shown.batch),
+            ("message", self.message, shown and shown.message),
+        ):
+            if value is not None and (shown is None or value != before):
+                out[tab[key]] = value
+        kept = self.command if self.command is not None else shown and shown.command
+        out[tab["shown"]] = dataclasses.replace(self, command=kept)
+        return out
+
+
+def form_view(ctx: AppContext, v: dict[str, Any]) -> FormView:
+    """The live view of the form's values: the validation message next to its field, or the batch arithmetic and
+    the exact command."""
+    try:
+        cfg = form_to_config(v, ctx.runs_dir, access=ctx.access)
+    except ConfigError as e:
+        if e.field in FIELDS:
+            return FormView(v.get("preset"), e.field, str(e), message="⚠ Fix the highlighted field before launching.")
+        return FormView(v.get("preset"), message=f"⚠ {e}")
+    return FormView(v.get("preset"), command=command_preview(cfg, ctx.jobs), batch=batch_summary(cfg))
 
 
 def run_summary(jobs: Jobs, name: str | None) -> str:
@@ -321,24 +373,17 @@ def run_summary(jobs: Jobs, name: str | None) -> str:
 # ----- callbacks: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------------------
 
 
-def _fields(tab: Tab, preset: str | None, error: Exception | None = None) -> dict[Any, Any]:
-    return {tab[name]: update for name, update in field_states(preset, error).items()}
+def _form(values: tuple[Any, ...]) -> tuple[dict[str, Any], FormView | None]:
+    """The form's values by field, and the view last shown (the optional input after the fields)."""
+    shown = values[len(FIELDS)] if len(values) > len(FIELDS) else None
+    return dict(zip(FIELDS, values)), shown
 
 
 def preview_form(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
-    """Live: validation next to the field, the batch arithmetic and the exact command."""
-    v = dict(zip(FIELDS, values))
-    try:
-        cfg = form_to_config(v, ctx.runs_dir, access=ctx.access)
-    except ConfigError as e:
-        message = "⚠ Fix the highlighted field before launching." if e.field in FIELDS else f"⚠ {e}"
-        return {**_fields(tab, v.get("preset"), e), tab["batch_md"]: "", tab["message"]: message}
-    return {
-        **_fields(tab, v.get("preset")),
-        tab["command"]: command_preview(cfg, ctx.jobs),
-        tab["batch_md"]: batch_summary(cfg),
-        tab["message"]: "",
-    }
+    """Live: validation next to the field, the batch arithmetic and the exact command. values: the FIELDS, then
+    optionally the FormView last shown (only what changed since is sent)."""
+    v, shown = _form(values)
+    return form_view(ctx, v).changes(tab, shown)
 
 
 def fit_seq_len_to_preset(tab: Tab, ctx: AppContext, preset: str, seq_len: int | None) -> Any:
@@ -360,15 +405,20 @@ def show_nproc(tab: Tab, ctx: AppContext, device: str) -> dict[Any, Any]:
 
 def launch_run(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
     """Validate and launch; the launched marker (run, time) makes the Monitor tab follow the new run."""
-    v = dict(zip(FIELDS, values))
+    v, shown = _form(values)
+    kept = {"command": shown.command, "batch": shown.batch} if shown else {}
     try:
         cfg = form_to_config(v, ctx.runs_dir, access=ctx.access, list_files=True)
         job = ctx.jobs.launch(cfg, allow_concurrent=bool(v["allow_concurrent"]))
     except Exception as e:  # bad value, name taken, busy device, disk full: a message, never a trace
-        return {**_fields(tab, v.get("preset"), e), tab["message"]: f"⚠ Not launched: {e}"}
+        bad = error_field(e) if error_field(e) in FIELDS else None
+        view = FormView(v.get("preset"), bad, str(e) if bad else "", message=f"⚠ Not launched: {e}", **kept)
+        return view.changes(tab, shown)
+    view = FormView(
+        v.get("preset"), message=f"✅ Launched **{job.name}** (pid {job.pid}): follow it in the Monitor tab.", **kept
+    )
     return {
-        **_fields(tab, v.get("preset")),
-        tab["message"]: f"✅ Launched **{job.name}** (pid {job.pid}): follow it in the Monitor tab.",
+        **view.changes(tab, shown),
         tab["run_picker"]: gr.update(choices=run_choices(list_runs(ctx.jobs)), value=job.name),
         tab["launched"]: (job.name, time.time()),
         tab["init_from"]: gr.update(choices=init_choices(ctx.jobs)),
@@ -504,6 +554,7 @@ def _layout_launch(ctx: AppContext) -> dict[str, Any]:
     )
     c["message"] = gr.Markdown(elem_classes=["form-message"], elem_id="train-message")
     c["launch_btn"] = gr.Button("Launch training", variant="primary", size="lg", elem_id="launch-btn")
+    c["shown"] = gr.State(None)  # the FormView this browser session shows
     return c
 
 
@@ -529,20 +580,28 @@ def _layout_manage(ctx: AppContext) -> dict[str, Any]:
 
 def _wire(tab: Tab, ctx: AppContext) -> None:
     fields = [tab[name] for name in FIELDS]
-    preview = bind(preview_form, tab, ctx)
-    preview_outputs = [*fields, tab["command"], tab["batch_md"], tab["message"]]
-    for comp in fields:
-        event = comp.input if isinstance(comp, (gr.Textbox, gr.Number)) else comp.change
-        event(preview, fields, preview_outputs, show_progress="hidden", queue=False)
+    form_in = [*fields, tab["shown"]]
+    form_out = [*fields, tab["command"], tab["batch_md"], tab["message"], tab["shown"]]
+    # One event for every field: "always_last" runs it once more after a pending run with the values as they are
+    # then, so however fast the typing, the last preview sees the final values (never per keystroke, never stale).
+    gr.on(
+        [comp.change for comp in fields],
+        bind(preview_form, tab, ctx),
+        form_in,
+        form_out,
+        trigger_mode="always_last",
+        show_progress="hidden",
+        queue=False,
+    )
     tab["preset"].change(
         bind(fit_seq_len_to_preset, tab, ctx), [tab["preset"], tab["seq_len"]], tab["seq_len"], queue=False
-    ).then(preview, fields, preview_outputs, show_progress="hidden", queue=False)
+    )
     tab["data_source"].change(
         bind(show_data_fields, tab, ctx), tab["data_source"], [tab["data_path"], tab["hf_row"]], queue=False
     )
     tab["device"].change(bind(show_nproc, tab, ctx), tab["device"], tab["nproc"], queue=False)
-    launched = [tab["message"], tab["run_picker"], tab["launched"], tab["init_from"]]
-    tab["launch_btn"].click(bind(launch_run, tab, ctx), fields, [*fields, *launched], concurrency_limit=1)
+    launched = [tab["run_picker"], tab["launched"], tab["init_from"]]
+    tab["launch_btn"].click(bind(launch_run, tab, ctx), form_in, [*form_out, *launched], concurrency_limit=1)
 
     picker = tab["run_picker"]
     picker.change(bind(describe_picked_run, tab, ctx), picker, tab["run_md"], queue=False)

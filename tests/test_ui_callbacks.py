@@ -374,6 +374,25 @@ def test_train_callbacks_put_errors_next_to_their_field(tmp_path):
     assert train_tab.show_nproc(tab, ctx, "cpu-ddp")[tab["nproc"]]["visible"]
 
 
+def test_preview_sends_only_what_changed_since_the_last_view(tmp_path):
+    tab, ctx = built(tmp_path, train_tab)
+    first = train_tab.preview_form(tab, ctx, *[form()[n] for n in train_tab.FIELDS], None)
+    assert all(tab[n] in first for n in train_tab.FIELDS)  # nothing shown yet: the whole form
+    shown = first[tab["shown"]]
+    steps = train_tab.preview_form(tab, ctx, *[form(max_steps=250)[n] for n in train_tab.FIELDS], shown)
+    assert set(steps) == {tab["command"], tab["batch_md"], tab["shown"]} and "--max-steps 250" in steps[tab["command"]]
+    shown = steps[tab["shown"]]
+    bad = train_tab.preview_form(tab, ctx, *[form(max_steps=250, lr=0)[n] for n in train_tab.FIELDS], shown)
+    assert set(bad) == {tab["lr"], tab["batch_md"], tab["message"], tab["shown"]}  # the last command stays
+    assert bad[tab["lr"]]["elem_classes"] == ["field-error"] and bad[tab["shown"]].command == shown.command
+    fixed = train_tab.preview_form(tab, ctx, *[form(max_steps=250)[n] for n in train_tab.FIELDS], bad[tab["shown"]])
+    assert fixed[tab["lr"]] == {"__type__": "update", "info": "Peak, after warmup", "elem_classes": []}
+    assert fixed[tab["message"]] == "" and tab["command"] not in fixed  # the same command as before the error
+    long_path = form(data_source="local", data_path="x" * 20_000)
+    out = train_tab.preview_form(tab, ctx, *[long_path[n] for n in train_tab.FIELDS])
+    assert "20,000 characters long" in out[tab["data_path"]]["info"]
+
+
 def test_launch_marks_the_run_for_monitor(tmp_path):
     train, ctx = built(tmp_path, train_tab)
     with gr.Blocks():

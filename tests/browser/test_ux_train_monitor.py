@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,57 @@ def test_clicking_a_models_row_picks_its_run_and_checkpoint(app_server, page, tm
     page.wait_for_function("() => document.querySelector('#delete-run input').value === 'picked-run'")
     page.wait_for_function("() => document.querySelector('#export-ckpt input').value === 'picked-run / step-000007'")
     no_gradio_errors(page)
+
+
+# ----- 3, 4, 5: the live preview keeps up with typing and always shows the final value -----------------------------
+
+
+def type_into(page, field: str, text: str) -> None:
+    """Replace a field's value key by key, as fast as the page takes keys (each key is an input event)."""
+    box = field_input(page, field)
+    box.click()
+    box.press("Control+a")
+    box.press_sequentially(text, delay=0, timeout=300_000)
+
+
+def test_preview_shows_the_final_value_of_fast_typing(app_server, page):
+    open_train(page, app_server())
+    type_into(page, "max-steps", "250")
+    page.locator("#command-preview", has_text="--max-steps 250").wait_for(timeout=15_000)
+    type_into(page, "run-name", "bad name#")
+    page.locator("#train-run-name.field-error", has_text="'bad name#' contains ' #'").wait_for(timeout=15_000)
+    type_into(page, "run-name", "a-name-typed-quickly")
+    page.locator("#command-preview", has_text="/a-name-typed-quickly/config.json").wait_for(timeout=15_000)
+    assert page.locator(".field-error").count() == 0
+
+
+def test_field_warnings_clear_once_the_value_is_fixed(app_server, page):
+    open_train(page, app_server())
+    for field, bad, good in (("lr", "0", "0.002"), ("weight-decay", "-1", "0.05"), ("warmup-steps", "-10", "20")):
+        type_into(page, field, bad)
+        page.locator(f"#train-{field}.field-error").wait_for()
+        type_into(page, field, good)
+        page.locator(f"#train-{field}.field-error").wait_for(state="detached", timeout=15_000)
+    page.get_by_label("Hugging Face dataset").check()
+    page.locator("#train-hf-dataset.field-error", has_text="dataset name is empty").wait_for()
+    type_into(page, "hf-dataset", "roneneldan/TinyStories")
+    page.locator("#train-hf-dataset.field-error").wait_for(state="detached", timeout=15_000)
+    page.locator("#command-preview", has_text="--data hf:roneneldan/TinyStories").wait_for()
+
+
+def test_long_data_path_typed_key_by_key_keeps_the_page_responsive(app_server, page):
+    open_train(page, app_server())
+    page.get_by_label("Local file or folder").check()
+    box = field_input(page, "data-path")
+    box.fill("x" * 20_000)  # a paste: one input event
+    page.locator("#train-data-path.field-error", has_text="20,000 characters").wait_for()
+    previews = []
+    page.on("request", lambda r: previews.append(r.url) if "/run/predict" in r.url or "/queue/join" in r.url else None)
+    box.press("End")
+    box.press_sequentially("y" * 300, delay=0, timeout=300_000)
+    typed = time.monotonic()
+    page.locator("#train-data-path.field-error", has_text="20,300 characters").wait_for(timeout=15_000)
+    behind = time.monotonic() - typed
+    assert behind < 5, f"the field message came {behind:.1f}s after the last key"
+    assert len(previews) < 100, f"{len(previews)} previews for 300 keys: not debounced"
+    assert "yyyy" not in page.locator("#command-preview").inner_text()  # the long text is not rendered live
