@@ -7,6 +7,7 @@ it and hands it to core.jobs, which starts `python -m core.train` in the backgro
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import time
 from dataclasses import dataclass
@@ -15,13 +16,16 @@ from typing import Any
 
 import gradio as gr
 
+from core.checkpoint import CheckpointError, read_state
 from core.cli import config_to_flags
 from core.config import PRESETS, ConfigError, ModelConfig, TrainConfig, model_config
 from core.data import BUNDLED, MAX_LISTED_FILES, DataError, check_source, source_files
 from core.device import gpu_count
+from core.hf import HFError, hf_model_config
 from core.jobs import Jobs, NameTaken
 from core.paths import UNRESTRICTED, AccessPolicy
 from core.runs import validate_run_name
+from core.weights import resolve_source
 from playground import actions
 from playground.runs_view import duration, human, list_runs, run_choices
 from playground.tab import AppContext, OnOpen, Tab, bind
@@ -120,16 +124,49 @@ def param_count(mc: ModelConfig) -> int:
     return mc.vocab_size * C + mc.block_size * C + L * per_layer + (2 * C if mc.bias else C)
 
 
-def preset_summary(preset: str) -> str:
+def shape_summary(mc: ModelConfig) -> str:
     """'124M parameters · 12 layers · 12 heads · width 768 · context 1024'."""
-    try:
-        mc = model_config(preset)
-    except ConfigError as e:
-        return str(e)
     return (
         f"{human(param_count(mc))} parameters · {mc.n_layer} layers · {mc.n_head} heads · width {mc.n_embd} · "
         f"context {mc.block_size}"
     )
+
+
+def preset_summary(preset: str) -> str:
+    try:
+        return shape_summary(model_config(preset))
+    except ConfigError as e:
+        return str(e)
+
+
+def init_model_config(init_from: str | None, runs_dir: Path) -> ModelConfig | None:
+    """The shape of the weights init_from names, read from small files (a checkpoint's state.json, a Hugging Face
+    folder's config.json), never from the weights; None for scratch, a hub id (known only once downloaded) or
+    anything unreadable (launch says what is wrong with it)."""
+    if not init_from or init_from == "scratch":
+        return None
+    try:
+        source = resolve_source(init_from, runs_dir)
+        if source.kind in ("run", "checkpoint"):
+            return ModelConfig.from_dict(read_state(source.path)["model_config"])
+        if source.kind == "hf_folder":
+            return hf_model_config(json.loads((source.path / "config.json").read_text()))
+    except (ConfigError, CheckpointError, HFError, OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def model_hint(v: dict[str, Any], runs_dir: Path, access: AccessPolicy) -> str:
+    """The hint under the preset: the size of the model the run will train (Initialize from's weights replace the
+    preset's shape)."""
+    init = (v.get("init_from") or "scratch").strip() or "scratch"
+    try:
+        mc = init_model_config(access.check_model_source(init, "init_from"), runs_dir) if init != "scratch" else None
+    except ConfigError:
+        mc = None
+    if mc is None:
+        return preset_summary(v.get("preset") or DEFAULTS["preset"])
+    return f"{Path(init).name}'s model: {shape_summary(mc)} (replaces the preset)"
 
 
 def field_info(name: str, preset: str | None = None) -> str | None:
@@ -236,6 +273,10 @@ def form_to_config(
         validate_run_name(name)
     data, data_config, budget = _data_source(v, num, access, list_files)
     device, nproc = _device_and_nproc(v, num)
+    init_from = _init_from(v, access)
+    # The weights' shape replaces the preset's (the trainer adopts it too): validate against it, say it in config.json.
+    shape = init_model_config(init_from, runs_dir)
+    dims = {k: getattr(shape, k) for k in ("n_layer", "n_head", "n_embd", "block_size")} if shape else {}
     cfg = TrainConfig(
         run_name=name,
         runs_dir=str(runs_dir),
@@ -257,9 +298,10 @@ def form_to_config(
         ckpt_interval=num["ckpt_interval"],
         sample_interval=num["sample_interval"],
         seed=num["seed"],
-        init_from=_init_from(v, access),
+        init_from=init_from,
         device=device,
         nproc=nproc,
+        **dims,
     )
     return cfg.validate()
 
@@ -322,9 +364,12 @@ class FormView:
     command: str | None = None  # None: the form is invalid, the last valid command stays
     batch: str = ""
     message: str = ""
+    model: str | None = None  # the preset's hint when it is not the preset's size (see model_hint)
 
     def field_state(self, name: str) -> tuple[str | None, bool]:
-        return (f"⚠ {self.error}", True) if name == self.bad_field else (field_info(name, self.preset), False)
+        if name == self.bad_field:
+            return f"⚠ {self.error}", True
+        return (self.model if name == "preset" and self.model else field_info(name, self.preset)), False
 
     def field_update(self, name: str) -> dict[str, Any]:
         info, bad = self.field_state(name)
@@ -349,13 +394,15 @@ class FormView:
 def form_view(ctx: AppContext, v: dict[str, Any]) -> FormView:
     """The live view of the form's values: the validation message next to its field, or the batch arithmetic and
     the exact command."""
+    model = model_hint(v, ctx.runs_dir, ctx.access)
     try:
         cfg = form_to_config(v, ctx.runs_dir, access=ctx.access)
     except ConfigError as e:
+        fix = "⚠ Fix the highlighted field before launching."
         if e.field in FIELDS:
-            return FormView(v.get("preset"), e.field, str(e), message="⚠ Fix the highlighted field before launching.")
-        return FormView(v.get("preset"), message=f"⚠ {e}")
-    return FormView(v.get("preset"), command=command_preview(cfg, ctx.jobs), batch=batch_summary(cfg))
+            return FormView(v.get("preset"), e.field, str(e), message=fix, model=model)
+        return FormView(v.get("preset"), message=f"⚠ {e}", model=model)
+    return FormView(v.get("preset"), command=command_preview(cfg, ctx.jobs), batch=batch_summary(cfg), model=model)
 
 
 def run_summary(jobs: Jobs, name: str | None) -> str:
@@ -386,13 +433,19 @@ def preview_form(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
     return form_view(ctx, v).changes(tab, shown)
 
 
-def fit_seq_len_to_preset(tab: Tab, ctx: AppContext, preset: str, seq_len: int | None) -> Any:
-    """Shrink the sequence length when the new model's context is shorter."""
+def follow_model(
+    tab: Tab, ctx: AppContext, preset: str, init_from: str | None, seq_len: float | None, followed: int | None
+) -> Any:
+    """The sequence length follows the context of the model (the preset's, or Initialize from's) while it still
+    holds the context it last followed (`followed`); one the user typed stays, and only shrinks to fit."""
     try:
-        block = model_config(preset).block_size
+        init = ctx.access.check_model_source(init_from, "init_from") if init_from and init_from != "scratch" else None
+        block = (init_model_config(init, ctx.runs_dir) or model_config(preset)).block_size
     except ConfigError:
         return gr.skip()
-    return {tab["seq_len"]: block} if not seq_len or seq_len > block else gr.skip()
+    if seq_len and seq_len != followed and seq_len <= block:
+        return gr.skip()
+    return {tab["seq_len"]: block, tab["seq_len_follows"]: block}
 
 
 def show_data_fields(tab: Tab, ctx: AppContext, source: str) -> dict[Any, Any]:
@@ -555,6 +608,7 @@ def _layout_launch(ctx: AppContext) -> dict[str, Any]:
     c["message"] = gr.Markdown(elem_classes=["form-message"], elem_id="train-message")
     c["launch_btn"] = gr.Button("Launch training", variant="primary", size="lg", elem_id="launch-btn")
     c["shown"] = gr.State(None)  # the FormView this browser session shows
+    c["seq_len_follows"] = gr.State(DEFAULTS["seq_len"])  # the model context the sequence length last followed
     return c
 
 
@@ -593,8 +647,14 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
         show_progress="hidden",
         queue=False,
     )
-    tab["preset"].change(
-        bind(fit_seq_len_to_preset, tab, ctx), [tab["preset"], tab["seq_len"]], tab["seq_len"], queue=False
+    follows = [tab["seq_len"], tab["seq_len_follows"]]
+    gr.on(
+        [tab["preset"].change, tab["init_from"].change],
+        bind(follow_model, tab, ctx),
+        [tab["preset"], tab["init_from"], *follows],
+        follows,
+        queue=False,
+        show_progress="hidden",
     )
     tab["data_source"].change(
         bind(show_data_fields, tab, ctx), tab["data_source"], [tab["data_path"], tab["hf_row"]], queue=False

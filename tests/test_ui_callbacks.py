@@ -367,8 +367,11 @@ def test_train_callbacks_put_errors_next_to_their_field(tmp_path):
     assert train_tab.describe_picked_run(tab, ctx, None) == {tab["run_md"]: "Pick a run to stop or resume it."}
     pickers = train_tab.refresh_run_pickers(tab, ctx, "gone")
     assert pickers[tab["run_picker"]]["value"] is None and pickers[tab["init_from"]]["choices"][0][1] == "scratch"
-    assert train_tab.fit_seq_len_to_preset(tab, ctx, "micro", 128) == {tab["seq_len"]: 32}
-    assert train_tab.fit_seq_len_to_preset(tab, ctx, "micro", 16) == gr.skip()
+    follows = {"micro": {tab["seq_len"]: 32, tab["seq_len_follows"]: 32}}
+    assert train_tab.follow_model(tab, ctx, "micro", "scratch", 128, 128) == follows["micro"]
+    assert train_tab.follow_model(tab, ctx, "tiny", "scratch", 32, 32)[tab["seq_len"]] == 128  # it follows...
+    assert train_tab.follow_model(tab, ctx, "tiny", "scratch", 16, 32) == gr.skip()  # ...unless typed
+    assert train_tab.follow_model(tab, ctx, "micro", "scratch", 64, 128) == follows["micro"]  # typed, too long
     shown = train_tab.show_data_fields(tab, ctx, "hf")
     assert not shown[tab["data_path"]]["visible"] and shown[tab["hf_row"]]["visible"]
     assert train_tab.show_nproc(tab, ctx, "cpu-ddp")[tab["nproc"]]["visible"]
@@ -484,3 +487,23 @@ def test_app_flags_and_exposure_warning():
     assert app.exposure_warning(exposed, app.credentials(exposed, {})) is None
     with pytest.raises(SystemExit):
         app.parse_args(["--auth", "no-colon"])
+
+
+def test_an_imported_model_shows_its_own_shape(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from core.hf import import_to_run
+
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=64)).save_pretrained(tmp_path / "hf")
+    run = import_to_run(tmp_path / "hf", tmp_path / "runs", "imp")
+    assert TrainConfig.from_json(run / "config.json").preset == "micro"  # the nearest preset, not gpt2
+    assert models_tab.model_label(run, "micro") == "2 layers × 64"
+    assert models_tab.model_label(run.parent / "missing", "tiny") == "tiny"
+    for init in (str(run), str(tmp_path / "hf")):  # a run and a Hugging Face folder: read without the weights
+        cfg = form_to_config(form(init_from=init, seq_len=64), tmp_path / "runs")
+        assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size) == (2, 2, 64, 64)
+    with pytest.raises(ConfigError, match=r"block_size \(64\)"):
+        form_to_config(form(init_from=str(run), seq_len=128), tmp_path / "runs")  # the weights' context counts
+    hint = train_tab.model_hint(form(init_from=str(run)), tmp_path / "runs", train_tab.UNRESTRICTED)
+    assert hint.startswith("imp's model: ") and "2 layers · 2 heads · width 64 · context 64" in hint
+    assert train_tab.model_hint(form(preset="micro"), tmp_path, train_tab.UNRESTRICTED).startswith("1.63M parameters")

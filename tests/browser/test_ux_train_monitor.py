@@ -10,7 +10,9 @@ import pytest
 
 from core.checkpoint import save_checkpoint
 from core.config import TrainConfig, model_config
+from core.hf import import_to_run
 from core.model import GPT
+from tests.browser.test_train_monitor import pick
 
 pytestmark = pytest.mark.browser
 
@@ -141,3 +143,46 @@ def test_long_data_path_typed_key_by_key_keeps_the_page_responsive(app_server, p
     assert behind < 5, f"the field message came {behind:.1f}s after the last key"
     assert len(previews) < 100, f"{len(previews)} previews for 300 keys: not debounced"
     assert "yyyy" not in page.locator("#command-preview").inner_text()  # the long text is not rendered live
+
+
+# ----- 11: the form follows the model: preset -> sequence length, an imported model's own shape ---------------------
+
+
+def imported_run(runs: Path, name: str) -> Path:
+    """A 2-layer, 64-wide GPT-2 written by transformers and imported as a run (as the Models tab does)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = runs.parent / f"hf-{name}"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=64)).save_pretrained(folder)
+    return import_to_run(folder, runs, name)
+
+
+def seq_len_is(page, value: str) -> None:
+    page.wait_for_function("(v) => document.querySelector('#train-seq-len input').value === v", arg=value)
+
+
+def test_the_form_follows_the_model(app_server, page, tmp_path):
+    runs = tmp_path / "runs"
+    run_dir = imported_run(runs, "small-import")
+    open_train(page, app_server(runs))
+    pick(page, "train-preset", "micro")
+    seq_len_is(page, "32")
+    pick(page, "train-preset", "tiny")
+    seq_len_is(page, "128")  # the sequence length follows the preset's context...
+    type_into(page, "seq-len", "64")
+    pick(page, "train-preset", "small")
+    page.locator("#train-preset", has_text="6 layers").wait_for()
+    seq_len_is(page, "64")  # ...unless the user set it
+    assert page.locator(".field-error").count() == 0
+
+    pick(page, "train-init-from", "small-import (step-000000)")
+    preset = page.locator("#train-preset")
+    preset.filter(has_text="2 layers · 2 heads · width 64 · context 64").wait_for()
+    assert "small-import" in preset.inner_text()
+    seq_len_is(page, "64")
+    page.locator("#command-preview", has_text=f"--init-from {run_dir}").wait_for()
+
+    page.get_by_role("tab", name="Models").click()
+    page.locator("#models-table >> text=small-import >> visible=true").first.wait_for()
+    assert page.locator("#models-table >> text=2 layers × 64 >> visible=true").count() == 1
+    assert page.locator("#models-table >> text=gpt2 >> visible=true").count() == 0
