@@ -30,9 +30,11 @@ def stop_run(jobs: Jobs, name: str | None) -> Outcome:
     if not name:
         return Outcome(False, PICK_A_RUN)
     try:
-        jobs.stop(name, wait=False)
+        st = jobs.stop(name, wait=False)
     except EXPECTED as e:  # unknown run, survivors, unsafe name: a message, never a trace
         return Outcome(False, f"Could not stop {name}: {e}")
+    if not st.active:  # it had ended already: stop did nothing, say so
+        return Outcome(False, f"{name} is already {st.state}: there is nothing to stop.")
     return Outcome(True, f"Stopping {name}: it saves a checkpoint and exits.")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 import time
 from dataclasses import dataclass
@@ -189,9 +190,15 @@ def _numbers(v: dict[str, Any]) -> dict[str, int | float]:
     for name in NUMBER_FIELDS:
         if name == "hf_token_budget" and v["data_source"] != "hf":
             continue
+        label = name.replace("_", " ")
         if v.get(name) is None or v[name] == "":
-            raise ConfigError(f"{name.replace('_', ' ')} is empty; enter a number", field=name)
-        out[name] = int(v[name]) if name in INT_FIELDS else float(v[name])
+            raise ConfigError(f"{label} is empty; enter a number", field=name)
+        value = float(v[name])
+        if not math.isfinite(value):
+            raise ConfigError(f"{label} must be a finite number, got {value}", field=name)
+        if name in INT_FIELDS and not value.is_integer():
+            raise ConfigError(f"{label} must be a whole number, got {value:g}; e.g. {round(value)}", field=name)
+        out[name] = int(value) if name in INT_FIELDS else value
     return out
 
 
@@ -215,7 +222,12 @@ def _data_source(
         if access.exposed and path not in BUNDLED:  # the trainer gets the very path that was checked
             path = str(access.check_read(path, "data_path"))
         try:
-            source_files(path, limit=MAX_LISTED_FILES) if list_files else check_source(path)
+            files = source_files(path, limit=MAX_LISTED_FILES) if list_files else [check_source(path)]
+            if all(f.is_file() and f.stat().st_size == 0 for f in files):  # a folder's files: at launch only
+                what = (
+                    f"{path} is empty (0 bytes)" if len(files) == 1 else f"all {len(files)} files in {path} are empty"
+                )
+                raise ConfigError(f"{what}; give a corpus with text in it", field="data_path")
         except DataError as e:
             raise ConfigError(str(e), field="data_path") from e
         except OSError as e:  # a folder that cannot be walked (permissions)
@@ -517,8 +529,9 @@ def refresh_run_pickers(tab: Tab, ctx: AppContext, current: str | None) -> dict[
 
 
 def _number_field(name: str, label: str) -> gr.Number:
-    # No minimum/maximum: Gradio would reject a value with a toast before the app's own check names the field.
-    return gr.Number(DEFAULTS[name], label=label, precision=0, info=field_info(name))
+    # No minimum/maximum and no precision: Gradio would reject or round a value (-5, 2.5) before the app's own
+    # check (_numbers, TrainConfig.validate) names the field.
+    return gr.Number(DEFAULTS[name], label=label, info=field_info(name))
 
 
 def _layout_model_and_data() -> dict[str, Any]:
@@ -558,9 +571,7 @@ def _layout_batch_and_optimizer(ctx: AppContext) -> dict[str, Any]:
         c["batch_md"] = gr.Markdown(batch_summary(form_to_config(DEFAULTS, ctx.runs_dir)), elem_classes=["hint"])
     with gr.Group(), gr.Row():
         c["lr"] = gr.Number(DEFAULTS["lr"], label="Learning rate", info=field_info("lr"))
-        c["warmup_steps"] = gr.Number(
-            DEFAULTS["warmup_steps"], label="Warmup steps", precision=0, info=field_info("warmup_steps")
-        )
+        c["warmup_steps"] = _number_field("warmup_steps", "Warmup steps")
         c["min_lr"] = gr.Number(DEFAULTS["min_lr"], label="Min learning rate", info=field_info("min_lr"))
         c["weight_decay"] = gr.Number(DEFAULTS["weight_decay"], label="Weight decay", info=field_info("weight_decay"))
     return c

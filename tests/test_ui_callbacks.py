@@ -71,6 +71,8 @@ def test_defaults_make_a_valid_cpu_config(tmp_path):
         ({"device": "cpu-ddp", "nproc": 1}, "nproc", "2 to 64"),
         ({"init_from": "/no/such/checkpoint"}, "init_from", "not found"),
         ({"seed": -5}, "seed", "seed must be >= 0"),
+        ({"batch_size": 2.5}, "batch_size", "batch size must be a whole number, got 2.5; e.g. 2"),
+        ({"max_steps": float("inf")}, "max_steps", "must be a finite number"),
         ({"sample_interval": -5}, "sample_interval", "sample_interval must be >= 0"),
         ({"total_batch_tokens": -5}, "total_batch_tokens", "total_batch_tokens must be >= 0"),
     ],
@@ -80,6 +82,20 @@ def test_invalid_settings_name_their_field(tmp_path, overrides, field, words):
         form_to_config(form(**overrides), tmp_path)
     assert e.value.field == field
     assert words in str(e.value)
+
+
+def test_an_empty_corpus_is_refused_by_the_form(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "folder").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "folder" / name).write_text("")
+    with pytest.raises(ConfigError, match=r"empty\.txt is empty \(0 bytes\)") as e:
+        form_to_config(form(data_source="local", data_path=str(tmp_path / "empty.txt")), tmp_path)
+    assert e.value.field == "data_path"
+    folder = form(data_source="local", data_path=str(tmp_path / "folder"))
+    form_to_config(folder, tmp_path)  # the live preview does not list a folder
+    with pytest.raises(ConfigError, match="all 2 files in .* are empty"):
+        form_to_config(folder, tmp_path, list_files=True)  # launch does
 
 
 def test_batch_tokens_error_suggests_a_fix_and_accumulation_is_shown(tmp_path):
@@ -94,6 +110,8 @@ def test_batch_tokens_error_suggests_a_fix_and_accumulation_is_shown(tmp_path):
 def test_local_data_path_is_accepted(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("to be or not to be\n" * 50)
+    cfg = form_to_config(form(batch_size=8.0, seq_len=64.0), tmp_path)  # Gradio sends whole numbers as floats
+    assert (cfg.batch_size, cfg.seq_len) == (8, 64) and isinstance(cfg.batch_size, int)
     assert form_to_config(form(data_source="local", data_path=str(corpus)), tmp_path).data == str(corpus)
     cfg = form_to_config(form(data_source="hf", hf_dataset="roneneldan/TinyStories", hf_config=""), tmp_path)
     assert (cfg.data, cfg.data_config, cfg.data_token_budget) == ("hf:roneneldan/TinyStories", None, 10_000_000)
@@ -337,6 +355,7 @@ def test_actions_say_why_they_did_nothing(tmp_path):
     save_checkpoint(tmp_path / "idle", 3, GPT(model_config("micro")), {})
     (tmp_path / "empty").mkdir()
     assert "no checkpoint" in actions.resume_run(jobs, "empty").message
+    assert actions.stop_run(jobs, "idle") == actions.Outcome(False, "idle is already done: there is nothing to stop.")
     asked = actions.confirm_delete(jobs, "idle")
     assert asked.ok and "Delete run **idle** with its 1 checkpoint," in asked.message
     assert actions.confirm_delete(jobs, None) == actions.Outcome(False, "Pick a run to delete.")

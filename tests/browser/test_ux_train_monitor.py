@@ -186,3 +186,30 @@ def test_the_form_follows_the_model(app_server, page, tmp_path):
     page.locator("#models-table >> text=small-import >> visible=true").first.wait_for()
     assert page.locator("#models-table >> text=2 layers × 64 >> visible=true").count() == 1
     assert page.locator("#models-table >> text=gpt2 >> visible=true").count() == 0
+
+
+# ----- 14: a fraction in a whole-number field, an empty corpus, Stop on a finished run ------------------------------
+
+
+def test_fractions_empty_files_and_stopping_a_finished_run_are_answered(app_server, page, tmp_path):
+    runs = tmp_path / "runs"
+    saved_run(runs, "finished")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    open_train(page, app_server(runs))
+    field_input(page, "batch-size").fill("2.5")
+    page.locator("#train-batch-size.field-error", has_text="batch size must be a whole number, got 2.5").wait_for()
+    field_input(page, "batch-size").fill("16")
+    page.locator("#train-batch-size.field-error").wait_for(state="detached")
+
+    page.get_by_label("Local file or folder").check()
+    field_input(page, "data-path").fill(str(empty))
+    page.locator("#train-data-path.field-error", has_text="is empty").wait_for()
+    page.click("#launch-btn")
+    page.locator("#train-message", has_text="Not launched").wait_for()
+    assert len(list(runs.iterdir())) == 1  # nothing was launched
+
+    page.get_by_role("tab", name="Monitor").click()
+    page.wait_for_selector("#monitor-status [data-state='done']")
+    page.click("#monitor-stop")
+    page.locator(".toast-body", has_text="finished is already done: there is nothing to stop").wait_for()
