@@ -514,8 +514,8 @@ class Trainer:
             dt = time.time() - t
             if not math.isfinite(loss):
                 raise TrainingFailed(
-                    f"loss became {loss} at step {self.step}; the last good checkpoint is kept. Lower --lr, "
-                    "raise --warmup-steps or use --precision bf16/fp32, then resume or start again"
+                    f"loss became {loss} at step {self.step}: lower --lr, raise --warmup-steps or use --precision "
+                    "bf16/fp32"  # what became of the checkpoints is said by the job's status (core.jobs)
                 )
             dt_avg = dt if dt_avg is None or self.step <= 2 else 0.9 * dt_avg + 0.1 * dt
             if self.step % cfg.log_interval == 0 or self.step == self.total_steps:

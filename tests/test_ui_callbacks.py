@@ -526,3 +526,20 @@ def test_an_imported_model_shows_its_own_shape(tmp_path):
     hint = train_tab.model_hint(form(init_from=str(run)), tmp_path / "runs", train_tab.UNRESTRICTED)
     assert hint.startswith("imp's model: ") and "2 layers · 2 heads · width 64 · context 64" in hint
     assert train_tab.model_hint(form(preset="micro"), tmp_path, train_tab.UNRESTRICTED).startswith("1.63M parameters")
+
+
+def test_a_failed_run_says_whether_it_can_be_resumed(tmp_path):
+    jobs = Jobs(tmp_path)
+    for name, with_checkpoint in (("kept", True), ("none", False)):
+        if with_checkpoint:
+            save_checkpoint(tmp_path / name, 4, GPT(model_config("micro")), {})
+        (tmp_path / name).mkdir(exist_ok=True)
+        TrainConfig(run_name=name, preset="micro").to_json(tmp_path / name / "config.json")
+        w = MetricsWriter(tmp_path / name / "metrics.jsonl")
+        w.write("status", state="failed", step=5, message="loss became nan at step 5: lower --lr")
+        w.close()
+    kept, none = jobs.status("kept"), jobs.status("none")
+    assert kept.state == none.state == "failed"
+    assert kept.message.startswith("loss became nan") and "checkpoint (step-000004) is kept" in kept.message
+    assert "No checkpoint was saved, so there is nothing to resume" in none.message
+    assert "nothing to resume" not in kept.message and "is kept" not in none.message

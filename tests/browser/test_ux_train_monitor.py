@@ -13,6 +13,7 @@ from core.config import TrainConfig, model_config
 from core.hf import import_to_run
 from core.model import GPT
 from tests.browser.test_train_monitor import pick
+from tests.helpers import MICRO, run_cmd, train_cmd
 
 pytestmark = pytest.mark.browser
 
@@ -213,3 +214,21 @@ def test_fractions_empty_files_and_stopping_a_finished_run_are_answered(app_serv
     page.wait_for_selector("#monitor-status [data-state='done']")
     page.click("#monitor-stop")
     page.locator(".toast-body", has_text="finished is already done: there is nothing to stop").wait_for()
+
+
+# ----- 12: a run that diverged before its first checkpoint says so -------------------------------------------------
+
+
+def test_a_diverged_run_without_checkpoint_says_what_is_true(app_server, page, tmp_path):
+    runs = tmp_path / "runs"
+    diverge = ["--lr", "1e4", "--warmup-steps", "0", "--grad-clip", "0", "--ckpt-interval", "0", "--eval-interval", "0"]
+    out = run_cmd(train_cmd(runs, *MICRO, "--batch-size", "2", "--max-steps", "60", "--run-name", "nan", *diverge))
+    assert out.returncode == 1 and "loss became" in out.stdout + out.stderr, out.stderr[-2000:]
+    page.goto(app_server(runs))
+    page.get_by_role("tab", name="Monitor").click()
+    failure = page.locator("#monitor-status .failure")
+    failure.wait_for()
+    assert "loss became" in failure.inner_text() and "No checkpoint was saved" in failure.inner_text()
+    assert "checkpoint is kept" not in failure.inner_text()
+    page.click("#monitor-resume")
+    page.locator(".toast-body", has_text="no checkpoint to resume from").wait_for()
