@@ -23,7 +23,7 @@ from core.config import PRESETS, ConfigError, ModelConfig, TrainConfig, model_co
 from core.data import BUNDLED, MAX_LISTED_FILES, DataError, check_source, source_files
 from core.device import gpu_count
 from core.hf import HFError, hf_model_config
-from core.jobs import Jobs, NameTaken
+from core.jobs import DeviceBusy, Jobs, NameTaken
 from core.paths import UNRESTRICTED, AccessPolicy
 from core.runs import validate_run_name
 from core.weights import resolve_source
@@ -103,7 +103,7 @@ FIELD_INFOS = {
     "compile": "Faster steps after a slow first one",
     "init_from": "Start from random weights, a run's latest checkpoint, or an imported GPT-2",
     "nproc": "Processes for CPU DDP (gloo)",
-    "allow_concurrent": "Run even if another job is using the same device",
+    "allow_concurrent": "Launch or resume next to another CPU job (both get slower)",
 }
 PICK_A_RUN_HINT = "Pick a run to stop or resume it."
 MAX_PATH_CHARS = 4096  # Linux's PATH_MAX
@@ -477,7 +477,8 @@ def launch_run(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
         job = ctx.jobs.launch(cfg, allow_concurrent=bool(v["allow_concurrent"]))
     except Exception as e:  # bad value, name taken, busy device, disk full: a message, never a trace
         bad = error_field(e) if error_field(e) in FIELDS else None
-        view = FormView(v.get("preset"), bad, str(e) if bad else "", message=f"⚠ Not launched: {e}", **kept)
+        why = actions.device_busy(e, actions.TICK_ALONGSIDE) if isinstance(e, DeviceBusy) else str(e)
+        view = FormView(v.get("preset"), bad, str(e) if bad else "", message=f"⚠ Not launched: {why}", **kept)
         return view.changes(tab, shown)
     view = FormView(
         v.get("preset"), message=f"✅ Launched **{job.name}** (pid {job.pid}): follow it in the Monitor tab.", **kept
@@ -504,8 +505,8 @@ def stop_picked_run(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, An
     }
 
 
-def resume_picked_run(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, Any]:
-    resumed = actions.resume_run(ctx.jobs, name)
+def resume_picked_run(tab: Tab, ctx: AppContext, name: str | None, alongside: bool = False) -> dict[Any, Any]:
+    resumed = actions.resume_run(ctx.jobs, name, bool(alongside), actions.TICK_ALONGSIDE + " and resume again")
     if not resumed.ok:
         return {tab["run_md"]: f"⚠ {resumed.message}"}
     return {
@@ -677,7 +678,9 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
     picker = tab["run_picker"]
     picker.change(bind(describe_picked_run, tab, ctx), picker, tab["run_md"], queue=False)
     tab["stop_btn"].click(bind(stop_picked_run, tab, ctx), picker, [tab["run_md"], picker])
-    tab["resume_btn"].click(bind(resume_picked_run, tab, ctx), picker, [tab["run_md"], picker, tab["launched"]])
+    tab["resume_btn"].click(
+        bind(resume_picked_run, tab, ctx), [picker, tab["allow_concurrent"]], [tab["run_md"], picker, tab["launched"]]
+    )
     tab.on_open.append(OnOpen(bind(refresh_run_pickers, tab, ctx), [picker], [picker, tab["init_from"]]))
 
 

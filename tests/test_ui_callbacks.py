@@ -20,7 +20,7 @@ import app
 from core import jobs as jobs_cli
 from core.checkpoint import list_checkpoints, save_checkpoint
 from core.config import ConfigError, TrainConfig, model_config
-from core.jobs import Jobs, JobStatus
+from core.jobs import DeviceBusy, Jobs, JobStatus
 from core.metrics import MetricsWriter, read_all
 from core.model import GPT
 from playground import actions, figures, models_tab, monitor_tab, train_tab
@@ -356,6 +356,11 @@ def test_actions_say_why_they_did_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     assert "no checkpoint" in actions.resume_run(jobs, "empty").message
     assert actions.stop_run(jobs, "idle") == actions.Outcome(False, "idle is already done: there is nothing to stop.")
+    busy = actions.device_busy(DeviceBusy("cpu", "other", 42), actions.TICK_ALONGSIDE)
+    assert busy.startswith("run 'other' is already training on cpu") and busy.endswith(
+        "or tick *Allow alongside another job* (both jobs get slower)."
+    )
+    assert "Allow" not in actions.device_busy(DeviceBusy("cuda", "other", 42), actions.TICK_ALONGSIDE)
     asked = actions.confirm_delete(jobs, "idle")
     assert asked.ok and "Delete run **idle** with its 1 checkpoint," in asked.message
     assert actions.confirm_delete(jobs, None) == actions.Outcome(False, "Pick a run to delete.")

@@ -11,6 +11,8 @@ import pytest
 from core.checkpoint import save_checkpoint
 from core.config import TrainConfig, model_config
 from core.hf import import_to_run
+from core.jobs import Jobs
+from core.metrics import MetricsWriter
 from core.model import GPT
 from tests.browser.test_train_monitor import pick
 from tests.helpers import MICRO, run_cmd, train_cmd
@@ -232,3 +234,60 @@ def test_a_diverged_run_without_checkpoint_says_what_is_true(app_server, page, t
     assert "checkpoint is kept" not in failure.inner_text()
     page.click("#monitor-resume")
     page.locator(".toast-body", has_text="no checkpoint to resume from").wait_for()
+
+
+# ----- 13: a busy device: the refusal names the app's checkbox, not a CLI flag --------------------------------------
+
+
+@pytest.fixture
+def job(tmp_path):
+    """start(runs, name): a micro job training for long in the background (stopped at teardown)."""
+    started: list[tuple[Jobs, str]] = []
+
+    def start(runs: Path, name: str) -> Jobs:
+        jobs = Jobs(runs)
+        cfg = TrainConfig(
+            run_name=name,
+            preset="micro",
+            batch_size=2,
+            max_steps=100_000,
+            warmup_steps=2,
+            eval_interval=0,
+            ckpt_interval=0,
+            device="cpu",
+        )
+        jobs.launch(cfg)
+        started.append((jobs, name))
+        return jobs
+
+    yield start
+    for jobs, name in started:
+        jobs.stop(name, timeout=10)
+
+
+def stopped_run(runs: Path, name: str) -> None:
+    """A run that was stopped after its checkpoint: Resume would continue it."""
+    saved_run(runs, name, step=3)
+    w = MetricsWriter(runs / name / "metrics.jsonl")
+    w.write("status", state="stopped", step=3, total_steps=100)
+    w.close()
+
+
+def test_a_busy_device_refusal_names_the_checkbox(app_server, page, tmp_path, job):
+    runs = tmp_path / "runs"
+    stopped_run(runs, "paused")
+    job(runs, "busy")
+    open_train(page, app_server(runs))
+    page.click("#launch-btn")
+    message = page.locator("#train-message", has_text="Not launched")
+    message.wait_for()
+    assert "'busy'" in message.inner_text() and "tick Allow alongside another job" in message.inner_text()
+    assert "--allow-concurrent" not in message.inner_text()
+
+    page.get_by_role("tab", name="Monitor").click()
+    pick(page, "monitor-run", "paused  ·  stopped")
+    page.wait_for_selector("#monitor-status [data-state='stopped']")
+    page.click("#monitor-resume")
+    toast = page.locator(".toast-body", has_text="already training on cpu")
+    toast.wait_for()
+    assert "Allow alongside another job" in toast.inner_text() and "--allow-concurrent" not in toast.inner_text()
