@@ -23,12 +23,12 @@ from core.config import PRESETS, ConfigError, ModelConfig, TrainConfig, model_co
 from core.data import BUNDLED, MAX_LISTED_FILES, DataError, check_source, source_files
 from core.device import gpu_count
 from core.hf import HFError, hf_model_config
-from core.jobs import DeviceBusy, Jobs, NameTaken
+from core.jobs import DeviceBusy, Jobs, JobStatus, NameTaken
 from core.paths import UNRESTRICTED, AccessPolicy
 from core.runs import validate_run_name
 from core.weights import resolve_source
 from playground import actions
-from playground.runs_view import duration, human, list_runs, run_choices
+from playground.runs_view import duration, first_active, human, list_runs, picked_by_user, run_choices
 from playground.tab import AppContext, OnOpen, Tab, bind
 
 DATA_SOURCES = {
@@ -107,6 +107,7 @@ FIELD_INFOS = {
 }
 PICK_A_RUN_HINT = "Pick a run to stop or resume it."
 MAX_PATH_CHARS = 4096  # Linux's PATH_MAX
+TICK_S = 2.0  # Manage a run follows an active run at this pace
 
 
 def device_choices(gpus: int) -> list[tuple[str, str]]:
@@ -417,14 +418,8 @@ def form_view(ctx: AppContext, v: dict[str, Any]) -> FormView:
     return FormView(v.get("preset"), command=command_preview(cfg, ctx.jobs), batch=batch_summary(cfg), model=model)
 
 
-def run_summary(jobs: Jobs, name: str | None) -> str:
+def run_summary(st: JobStatus) -> str:
     """'**running** · step 120 / 2,000 · 1m 05s elapsed' for the run picked under Manage a run."""
-    if not name:
-        return PICK_A_RUN_HINT
-    try:
-        st = jobs.status(name)
-    except Exception as e:
-        return f"⚠ {e}"
     step = f"step {st.step:,} / {st.total_steps:,}" if st.step is not None and st.total_steps else "no steps yet"
     return f"**{st.state}** · {step} · {duration(st.elapsed)} elapsed"
 
@@ -488,21 +483,31 @@ def launch_run(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
         tab["run_picker"]: gr.update(choices=run_choices(list_runs(ctx.jobs)), value=job.name),
         tab["launched"]: (job.name, time.time()),
         tab["init_from"]: gr.update(choices=init_choices(ctx.jobs)),
+        tab["manage_timer"]: gr.Timer(active=True),
     }
 
 
-def describe_picked_run(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, Any]:
-    return {tab["run_md"]: run_summary(ctx.jobs, name)}
+def watch_picked_run(tab: Tab, ctx: AppContext, name: str | None, labelled: str | None) -> dict[Any, Any]:
+    """Manage a run, live: the picked run's summary, and its label in the picker once its state changed (`labelled`:
+    the state the label shows). The timer ticks while the run is active (running, stopping)."""
+    if not name:
+        return {tab["run_md"]: PICK_A_RUN_HINT, tab["manage_timer"]: gr.Timer(active=False)}
+    try:
+        st = ctx.jobs.status(name)
+    except Exception as e:  # deleted meanwhile, unsafe name
+        return {tab["run_md"]: f"⚠ {e}", tab["manage_timer"]: gr.Timer(active=False)}
+    out = {tab["run_md"]: run_summary(st), tab["manage_timer"]: gr.Timer(active=st.active)}
+    if st.state != labelled:
+        out[tab["run_picker"]] = gr.update(choices=run_choices(list_runs(ctx.jobs)), value=name)
+        out[tab["labelled"]] = st.state
+    return out
 
 
 def stop_picked_run(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, Any]:
     stopped = actions.stop_run(ctx.jobs, name)
     if not stopped.ok:
         return {tab["run_md"]: f"⚠ {stopped.message}"}
-    return {
-        tab["run_md"]: run_summary(ctx.jobs, name),
-        tab["run_picker"]: gr.update(choices=run_choices(list_runs(ctx.jobs)), value=name),
-    }
+    return {tab["run_md"]: stopped.message, tab["manage_timer"]: gr.Timer(active=True)}  # the timer follows it
 
 
 def resume_picked_run(tab: Tab, ctx: AppContext, name: str | None, alongside: bool = False) -> dict[Any, Any]:
@@ -510,18 +515,20 @@ def resume_picked_run(tab: Tab, ctx: AppContext, name: str | None, alongside: bo
     if not resumed.ok:
         return {tab["run_md"]: f"⚠ {resumed.message}"}
     return {
-        tab["run_md"]: run_summary(ctx.jobs, name),
-        tab["run_picker"]: gr.update(choices=run_choices(list_runs(ctx.jobs)), value=name),
+        tab["run_md"]: resumed.message,
+        tab["manage_timer"]: gr.Timer(active=True),
         tab["launched"]: (name, time.time()),
     }
 
 
-def refresh_run_pickers(tab: Tab, ctx: AppContext, current: str | None) -> dict[Any, Any]:
-    """Runs and checkpoints appear in the pickers when the tab is opened (they change in other tabs)."""
+def refresh_run_pickers(tab: Tab, ctx: AppContext, current: str | None, picked: bool = False) -> dict[Any, Any]:
+    """Runs and checkpoints as they are now (they change in other tabs and terminals). The run the user picked stays
+    while it exists; otherwise an active run is picked, if there is one."""
     runs = list_runs(ctx.jobs)
-    value = current if current in [st.name for st in runs] else None
+    value = current if picked and current in [st.name for st in runs] else first_active(runs)
     return {
         tab["run_picker"]: gr.update(choices=run_choices(runs), value=value),
+        tab["labelled"]: next((st.state for st in runs if st.name == value), None),
         tab["init_from"]: gr.update(choices=init_choices(ctx.jobs)),
     }
 
@@ -628,16 +635,17 @@ def _layout_manage(ctx: AppContext) -> dict[str, Any]:
     c: dict[str, Any] = {}
     gr.Markdown("**Manage a run**", elem_classes=["section-title"])
     with gr.Row(equal_height=True):
-        c["run_picker"] = gr.Dropdown(
-            run_choices(list_runs(ctx.jobs)), label="Run", show_label=False, scale=5, elem_id="train-run-picker"
-        )
+        c["run_picker"] = gr.Dropdown([], label="Run", show_label=False, scale=5, elem_id="train-run-picker")
         c["stop_btn"] = gr.Button(
             "Stop", size="md", scale=1, min_width=76, elem_classes=["danger"], elem_id="train-stop"
         )
         c["resume_btn"] = gr.Button("Resume", size="md", scale=1, min_width=86, elem_id="train-resume")
-    c["run_md"] = gr.Markdown(PICK_A_RUN_HINT, elem_classes=["hint"])
+    c["run_md"] = gr.Markdown(PICK_A_RUN_HINT, elem_classes=["hint"], elem_id="train-run-summary")
     # The run just launched or resumed, as (name, time): the Monitor tab follows it.
     c["launched"] = gr.State(None)
+    c["picked"] = gr.State(False)  # the user chose the run (else an active run is picked when the tab opens)
+    c["labelled"] = gr.State(None)  # the state the picked run's label shows
+    c["manage_timer"] = gr.Timer(TICK_S, active=False)
     return c
 
 
@@ -672,16 +680,26 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
         bind(show_data_fields, tab, ctx), tab["data_source"], [tab["data_path"], tab["hf_row"]], queue=False
     )
     tab["device"].change(bind(show_nproc, tab, ctx), tab["device"], tab["nproc"], queue=False)
-    launched = [tab["run_picker"], tab["launched"], tab["init_from"]]
+    launched = [tab["run_picker"], tab["launched"], tab["init_from"], tab["manage_timer"]]
     tab["launch_btn"].click(bind(launch_run, tab, ctx), form_in, [*form_out, *launched], concurrency_limit=1)
 
     picker = tab["run_picker"]
-    picker.change(bind(describe_picked_run, tab, ctx), picker, tab["run_md"], queue=False)
-    tab["stop_btn"].click(bind(stop_picked_run, tab, ctx), picker, [tab["run_md"], picker])
+    picker.input(bind(picked_by_user, tab, ctx), None, tab["picked"], queue=False, show_progress="hidden")
+    watch = bind(watch_picked_run, tab, ctx)
+    watched = [tab["run_md"], tab["manage_timer"], picker, tab["labelled"]]
+    picker.change(watch, [picker, tab["labelled"]], watched, queue=False, show_progress="hidden")
+    tab["manage_timer"].tick(watch, [picker, tab["labelled"]], watched, show_progress="hidden")
+    tab["stop_btn"].click(bind(stop_picked_run, tab, ctx), picker, [tab["run_md"], tab["manage_timer"]])
     tab["resume_btn"].click(
-        bind(resume_picked_run, tab, ctx), [picker, tab["allow_concurrent"]], [tab["run_md"], picker, tab["launched"]]
+        bind(resume_picked_run, tab, ctx),
+        [picker, tab["allow_concurrent"]],
+        [tab["run_md"], tab["manage_timer"], tab["launched"]],
     )
-    tab.on_open.append(OnOpen(bind(refresh_run_pickers, tab, ctx), [picker], [picker, tab["init_from"]]))
+    refreshed = [picker, tab["labelled"], tab["init_from"]]
+    tab.on_open += [
+        OnOpen(bind(refresh_run_pickers, tab, ctx), [picker, tab["picked"]], refreshed),
+        OnOpen(watch, [picker, tab["labelled"]], watched),  # the summary as it is now, even if the pick stayed
+    ]
 
 
 def build(ctx: AppContext) -> Tab:

@@ -388,8 +388,13 @@ def test_train_callbacks_put_errors_next_to_their_field(tmp_path):
     assert out[tab["message"]].startswith("⚠ Not launched: a run named 'taken'") and tab["launched"] not in out
     assert train_tab.resume_picked_run(tab, ctx, "taken")[tab["run_md"]].startswith("⚠ Could not resume taken")
     assert train_tab.stop_picked_run(tab, ctx, None) == {tab["run_md"]: "⚠ Pick a run first."}
-    assert train_tab.describe_picked_run(tab, ctx, None) == {tab["run_md"]: "Pick a run to stop or resume it."}
-    pickers = train_tab.refresh_run_pickers(tab, ctx, "gone")
+    watched = train_tab.watch_picked_run(tab, ctx, None, None)
+    assert watched[tab["run_md"]] == "Pick a run to stop or resume it." and not watched[tab["manage_timer"]].active
+    watched = train_tab.watch_picked_run(tab, ctx, "taken", None)  # a folder with no run in it: not active
+    assert watched[tab["run_md"]].startswith("**unknown**") and not watched[tab["manage_timer"]].active
+    assert watched[tab["labelled"]] == "unknown" and watched[tab["run_picker"]]["value"] == "taken"
+    assert tab["run_picker"] not in train_tab.watch_picked_run(tab, ctx, "taken", "unknown")  # label up to date
+    pickers = train_tab.refresh_run_pickers(tab, ctx, "gone", True)
     assert pickers[tab["run_picker"]]["value"] is None and pickers[tab["init_from"]]["choices"][0][1] == "scratch"
     follows = {"micro": {tab["seq_len"]: 32, tab["seq_len_follows"]: 32}}
     assert train_tab.follow_model(tab, ctx, "micro", "scratch", 128, 128) == follows["micro"]
@@ -432,12 +437,12 @@ def test_launch_marks_the_run_for_monitor(tmp_path):
         assert out[train["message"]].startswith("✅ Launched **short**")
         name, when = out[train["launched"]]  # a (run, time) tuple, not a string to split
         assert name == "short" and isinstance(when, float)
-        shown = monitor_tab.show_launched_run(monitor, ctx, out[train["launched"]])
-        assert shown[monitor["run"]]["value"] == "short" and shown[monitor["timer"]].active
+        shown = monitor_tab.show_launched_run(monitor, ctx, out[train["launched"]], ["short"])
+        assert shown[monitor["run"]]["value"] == "short" and shown[monitor["compare"]]["value"] == []
         wait_for(lambda: not ctx.jobs.status("short").active, 120, "the 2-step run to end")
     finally:
         ctx.jobs.stop("short", timeout=5)
-    assert monitor_tab.show_launched_run(monitor, ctx, None) == gr.skip()
+    assert monitor_tab.show_launched_run(monitor, ctx, None, []) == gr.skip()
 
 
 def test_monitor_redraws_when_the_metrics_file_is_replaced(tmp_path):
@@ -548,3 +553,26 @@ def test_a_failed_run_says_whether_it_can_be_resumed(tmp_path):
     assert kept.message.startswith("loss became nan") and "checkpoint (step-000004) is kept" in kept.message
     assert "No checkpoint was saved, so there is nothing to resume" in none.message
     assert "nothing to resume" not in kept.message and "is kept" not in none.message
+
+
+def test_monitor_ticks_send_only_what_changed(tmp_path):
+    tab, ctx = built(tmp_path, monitor_tab)
+    save_checkpoint(ctx.runs_dir / "done-run", 3, GPT(model_config("micro")), {})
+    (ctx.runs_dir / "failed-run").mkdir()
+    w = MetricsWriter(ctx.runs_dir / "failed-run" / "metrics.jsonl")
+    w.write("status", state="failed", step=0, message="boom")
+    w.close()
+    opened = monitor_tab.refresh_run_choices(tab, ctx, "failed-run", ["done-run"], False)
+    main = opened[tab["run"]]["value"]  # not picked by the user: the first run of the list
+    assert main == monitor_tab.list_runs(ctx.jobs)[0].name
+    assert [v for _, v in opened[tab["compare"]]["choices"]] == [n for n in ("done-run", "failed-run") if n != main]
+    assert monitor_tab.refresh_run_choices(tab, ctx, "failed-run", [], True)[tab["run"]]["value"] == "failed-run"
+
+    view = ("done-run", ["done-run", "failed-run"], 0.6, "step", False)
+    first = monitor_tab.refresh_monitor(tab, ctx, *view, None)
+    assert first[tab["compare"]]["value"] == ["failed-run"]  # the main run is left out of Compare with
+    assert ("done-run  ·  done", "done-run") in first[tab["run"]]["choices"]
+    timer = first[tab["timer"]]
+    assert timer.active and timer.value == monitor_tab.IDLE_TICK_S  # nothing active: a slow look, never off
+    again = monitor_tab.refresh_monitor(tab, ctx, *view, first[tab["cache"]])
+    assert set(again) == {tab["cache"]}  # nothing changed: nothing re-rendered

@@ -14,8 +14,8 @@ from core.hf import import_to_run
 from core.jobs import Jobs
 from core.metrics import MetricsWriter
 from core.model import GPT
-from tests.browser.test_train_monitor import pick
-from tests.helpers import MICRO, run_cmd, train_cmd
+from tests.browser.test_train_monitor import pick, plot_points
+from tests.helpers import MICRO, run_cmd, train_cmd, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -291,3 +291,131 @@ def test_a_busy_device_refusal_names_the_checkbox(app_server, page, tmp_path, jo
     toast = page.locator(".toast-body", has_text="already training on cpu")
     toast.wait_for()
     assert "Allow alongside another job" in toast.inner_text() and "--allow-concurrent" not in toast.inner_text()
+
+
+# ----- 6, 7, 8: pickers and labels follow the runs as they are now, in every browser tab ----------------------------
+
+
+def failed_run(runs: Path, name: str) -> None:
+    (runs / name).mkdir(parents=True)
+    TrainConfig(run_name=name, preset="micro").to_json(runs / name / "config.json")
+    w = MetricsWriter(runs / name / "metrics.jsonl")
+    w.write("status", state="failed", step=0, message="out of memory")
+    w.close()
+
+
+def picked(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} input").first.input_value()
+
+
+def wait_picked(page, elem_id: str, label: str, timeout: float = 30_000) -> None:
+    page.wait_for_function(
+        "([id, label]) => document.querySelector(`#${id} input`).value === label", arg=[elem_id, label], timeout=timeout
+    )
+
+
+def card_state(page, state: str, timeout: float = 90_000) -> None:
+    page.wait_for_selector(f"#monitor-status [data-state='{state}']", timeout=timeout)
+
+
+def test_a_page_opened_later_picks_the_running_run(app_server, page, tmp_path, job):
+    runs = tmp_path / "runs"
+    failed_run(runs, "old-failed")
+    url = app_server(runs)
+    job(runs, "from-terminal")  # started after the app, as from a terminal
+    page.goto(url)
+    page.get_by_role("tab", name="Monitor").click()
+    wait_picked(page, "monitor-run", "from-terminal  ·  running")
+    card_state(page, "running")
+    page.get_by_role("tab", name="Train").click()
+    wait_picked(page, "train-run-picker", "from-terminal  ·  running")
+
+
+def compare_options(page) -> list[str]:
+    page.locator("#monitor-compare input").first.click()
+    options = page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    return options
+
+
+def test_run_labels_follow_the_state_and_compare_leaves_out_the_main_run(app_server, page, tmp_path, job):
+    runs = tmp_path / "runs"
+    saved_run(runs, "other")
+    job(runs, "live")
+    page.goto(app_server(runs))
+    page.get_by_role("tab", name="Monitor").click()
+    card_state(page, "running")
+    wait_picked(page, "monitor-run", "live  ·  running")
+    options = compare_options(page)
+    assert any(o.startswith("other") for o in options) and not any(o.startswith("live") for o in options), options
+
+    page.click("#monitor-stop")
+    card_state(page, "stopped")
+    wait_picked(page, "monitor-run", "live  ·  stopped", timeout=15_000)  # the label follows the card
+    page.click("#monitor-resume")
+    card_state(page, "running")
+    wait_picked(page, "monitor-run", "live  ·  running", timeout=15_000)
+
+    page.get_by_role("tab", name="Train").click()
+    pick(page, "train-run-picker", "live  ·  running")
+    summary = page.locator("#train-run-summary")
+    summary.filter(has_text="running").wait_for()
+    page.click("#train-stop")
+    summary.filter(has_text="stopped · step").wait_for(timeout=90_000)  # not left at "stopping"
+    wait_picked(page, "train-run-picker", "live  ·  stopped", timeout=15_000)
+
+
+def status_step(page) -> int:
+    text = page.locator("#monitor-status .stat b").first.inner_text()  # "1,234 / 100,000"
+    return int(text.split("/")[0].strip().replace(",", "").replace("—", "0"))
+
+
+def test_a_second_browser_tab_follows_a_stop_and_resume_made_in_the_first(app_server, browser, page, tmp_path, job):
+    runs = tmp_path / "runs"
+    job(runs, "live")
+    url = app_server(runs)
+    second = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    try:
+        for p in (page, second):
+            p.goto(url)
+            p.get_by_role("tab", name="Monitor").click()
+            card_state(p, "running")
+        page.click("#monitor-stop")
+        for p in (page, second):
+            card_state(p, "stopped")
+        page.click("#monitor-resume")
+        card_state(second, "running", timeout=60_000)  # the second tab woke up by itself
+        before = status_step(second)
+        wait_for(lambda: status_step(second) > before, 60, "the second tab's step to grow", poll=0.5)
+    finally:
+        second.context.close()
+
+
+# ----- 9: a zoomed chart keeps its zoom while the run's curve grows --------------------------------------------------
+
+AXIS_RANGE = """() => { const d = document.querySelector('#loss-plot .js-plotly-plot');
+                        return d && d._fullLayout ? d._fullLayout.xaxis.range.slice() : null; }"""
+
+
+def test_monitor_zoom_survives_refreshes(app_server, page, tmp_path, job):
+    runs = tmp_path / "runs"
+    job(runs, "live")
+    page.goto(app_server(runs))
+    page.get_by_role("tab", name="Monitor").click()
+    wait_for(lambda: plot_points(page) > 20, 120, "20 loss points", poll=0.5)
+    drag = page.locator("#loss-plot .nsewdrag").first.bounding_box()
+    x, y = drag["x"] + drag["width"] * 0.2, drag["y"] + drag["height"] * 0.2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + drag["width"] * 0.3, y + drag["height"] * 0.5, steps=8)
+    page.mouse.up()
+    zoomed = wait_for(lambda: (r := page.evaluate(AXIS_RANGE)) and r[0] > 1.5 and r, 10, "the zoom")
+    points = plot_points(page)
+    wait_for(lambda: plot_points(page) > points, 60, "a refresh with new points", poll=0.5)
+    page.wait_for_timeout(1000)
+    assert page.evaluate(AXIS_RANGE) == pytest.approx(zoomed)
+    page.mouse.dblclick(x, y)  # plotly's reset: the chart follows the whole run again
+    points = plot_points(page)
+    wait_for(lambda: plot_points(page) > points, 60, "a refresh after the reset", poll=0.5)
+    page.wait_for_timeout(1000)
+    assert page.evaluate(AXIS_RANGE)[0] == pytest.approx(1, abs=1)
