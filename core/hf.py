@@ -8,6 +8,7 @@ pickle: .bin files go through torch.load(weights_only=True), which only rebuilds
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -280,10 +281,13 @@ def export_hf(model_or_path: nn.Module | str | Path, out_dir: str | Path) -> Pat
 
 
 def _closest_preset(config: ModelConfig) -> str:
+    """The preset of the same shape, else the one nearest in size (layers x width^2, on a log scale); config.json
+    keeps the real shape in n_layer/n_head/n_embd/block_size, so this is only the name a listing starts from."""
     for name, p in PRESETS.items():
         if (p["n_layer"], p["n_head"], p["n_embd"]) == (config.n_layer, config.n_head, config.n_embd):
             return name
-    return "gpt2"
+    size = math.log(config.n_layer * config.n_embd**2)
+    return min(PRESETS, key=lambda name: abs(math.log(PRESETS[name]["n_layer"] * PRESETS[name]["n_embd"] ** 2) - size))
 
 
 def import_to_run(source: str | Path, runs_dir: str | Path, name: str) -> Path:

@@ -236,8 +236,8 @@ class Trainer:
             loss, norm, dt = self.train_step()
             if not math.isfinite(loss):
                 raise TrainingFailed(
-                    f"loss became {loss} at step {state.step}; the last good checkpoint is kept. Lower --lr, "
-                    "raise --warmup-steps or use --precision bf16/fp32, then resume or start again"
+                    f"loss became {loss} at step {state.step}: lower --lr, raise --warmup-steps or use --precision "
+                    "bf16/fp32"  # what became of the checkpoints is said by the job's status (core.jobs)
                 )
             self.pace.add(state.step, dt)
             if cadence.log_due(state.step):

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 
 from core.checkpoint import CheckpointError, list_checkpoints
 from core.config import ConfigError
-from core.jobs import JobError, Jobs
+from core.jobs import DeviceBusy, JobError, Jobs
 from playground.runs_view import folder_size, megabytes
 
 PICK_A_RUN = "Pick a run first."
+# How to run a second CPU job: from the Train tab (its checkbox), or from elsewhere (go there).
+TICK_ALONGSIDE = "tick *Allow alongside another job*"
+RESUME_ALONGSIDE = "resume it from Train › Manage a run with *Allow alongside another job* ticked"
 # What an action can run into; each carries a message written for the user.
 EXPECTED = (JobError, ConfigError, CheckpointError, OSError)
 
@@ -30,19 +33,29 @@ def stop_run(jobs: Jobs, name: str | None) -> Outcome:
     if not name:
         return Outcome(False, PICK_A_RUN)
     try:
-        jobs.stop(name, wait=False)
+        st = jobs.stop(name, wait=False)
     except EXPECTED as e:  # unknown run, survivors, unsafe name: a message, never a trace
         return Outcome(False, f"Could not stop {name}: {e}")
+    if not st.active:  # it had ended already: stop did nothing, say so
+        return Outcome(False, f"{name} is already {st.state}: there is nothing to stop.")
     return Outcome(True, f"Stopping {name}: it saves a checkpoint and exits.")
 
 
-def resume_run(jobs: Jobs, name: str | None) -> Outcome:
-    """Relaunch a stopped or failed run from its latest checkpoint."""
+def device_busy(e: DeviceBusy, allow: str) -> str:
+    """A busy device in the UI's words: its own controls (`allow`: how to run alongside), not the CLI's flags."""
+    text = f"run {e.holder!r} is already training on {e.device}; one job per device at a time. Stop it or wait for it"
+    return f"{text}, or {allow} (both jobs get slower)." if e.device == "cpu" else f"{text}."
+
+
+def resume_run(jobs: Jobs, name: str | None, allow_concurrent: bool = False, allow: str = RESUME_ALONGSIDE) -> Outcome:
+    """Relaunch a stopped or failed run from its latest checkpoint (alongside another CPU job if allowed)."""
     if not name:
         return Outcome(False, PICK_A_RUN)
     try:
-        jobs.resume(name)
-    except EXPECTED as e:  # still active, finished, no checkpoint, device busy: say which
+        jobs.resume(name, allow_concurrent=allow_concurrent)
+    except DeviceBusy as e:
+        return Outcome(False, f"Could not resume {name}: {device_busy(e, allow)}")
+    except EXPECTED as e:  # still active, finished, no checkpoint: say which
         return Outcome(False, f"Could not resume {name}: {e}")
     return Outcome(True, f"Resumed {name} from its latest checkpoint.")
 

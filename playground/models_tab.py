@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from core.checkpoint import list_checkpoints, read_state
+from core.config import ConfigError, TrainConfig, model_config
 from core.hf import export_hf, import_to_run
 from core.jobs import Jobs
 from core.paths import UNRESTRICTED, AccessPolicy
@@ -17,7 +18,20 @@ from playground import actions
 from playground.runs_view import folder_size, list_runs, megabytes
 from playground.tab import AppContext, OnOpen, Tab, bind
 
-COLUMNS = ["Run", "State", "Preset", "Checkpoint", "Step", "Val loss", "Size", "Saved"]
+COLUMNS = ["Run", "State", "Model", "Checkpoint", "Step", "Val loss", "Size", "Saved"]
+
+
+def model_label(run_dir: Path, preset: str | None) -> str:
+    """The run's preset, or its own shape ('2 layers × 64') when its config.json overrides the preset's (an
+    imported model, a run initialized from one)."""
+    try:
+        mc = TrainConfig.from_json(run_dir / "config.json").model_config()
+        base = model_config(preset or "")
+    except ConfigError:
+        return preset or "—"
+    if (mc.n_layer, mc.n_head, mc.n_embd, mc.block_size) == (base.n_layer, base.n_head, base.n_embd, base.block_size):
+        return preset or "—"
+    return f"{mc.n_layer} layers × {mc.n_embd}"
 
 
 def checkpoint_rows(jobs: Jobs) -> list[list[Any]]:
@@ -25,8 +39,9 @@ def checkpoint_rows(jobs: Jobs) -> list[list[Any]]:
     rows = []
     for st in list_runs(jobs):
         ckpts = list_checkpoints(Path(st.run_dir))
+        model = model_label(Path(st.run_dir), st.preset)
         if not ckpts:
-            rows.append([st.name, st.state, st.preset or "—", "—", None, "—", "—", "—"])
+            rows.append([st.name, st.state, model, "—", None, "—", "—", "—"])
         for ck in reversed(ckpts):
             try:
                 state = read_state(ck)
@@ -35,7 +50,7 @@ def checkpoint_rows(jobs: Jobs) -> list[list[Any]]:
             val = f"{state['val_loss']:.4f}" if isinstance(state.get("val_loss"), (int, float)) else "—"
             saved = time.strftime("%Y-%m-%d %H:%M", time.localtime(ck.stat().st_mtime))
             step = state.get("step")
-            rows.append([st.name, st.state, st.preset or "—", ck.name, step, val, megabytes(folder_size(ck)), saved])
+            rows.append([st.name, st.state, model, ck.name, step, val, megabytes(folder_size(ck)), saved])
     return rows
 
 
@@ -102,8 +117,10 @@ def refresh_models(tab: Tab, ctx: AppContext, run: str | None = None, ckpt: str 
 
 def pick_row(tab: Tab, ctx: AppContext, rows: Any, evt: gr.SelectData) -> dict[Any, Any]:
     """A clicked table row picks its run (to delete) and its checkpoint (to export)."""
-    row = rows.iloc[evt.index[0]] if hasattr(rows, "iloc") else rows[evt.index[0]]
-    name, ck = row[0], row[3]
+    row = evt.row_value  # the clicked row's cells, by position (the table's value is a DataFrame keyed by header)
+    if row is None:
+        row = rows.iloc[evt.index[0]].tolist() if hasattr(rows, "iloc") else rows[evt.index[0]]
+    name, ck = row[COLUMNS.index("Run")], row[COLUMNS.index("Checkpoint")]
     picked = {tab["run"]: name}
     if ck and ck != "—":
         picked[tab["ckpt"]] = str(ctx.jobs.run_dir(name) / "ckpt" / ck)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -16,10 +17,12 @@ from core.jobs import Jobs, JobStatus
 from core.metrics import MetricsReader
 from playground import actions
 from playground.figures import X_AXES, health_figure, loss_figure
-from playground.runs_view import duration, human, list_runs, run_choices
+from playground.runs_view import duration, human, list_runs, picked_by_user, run_choices
 from playground.tab import AppContext, OnOpen, Tab, bind
 
-TICK_S = 2.0
+ZOOM_KEEPER = (Path(__file__).parent / "zoom_keeper.js").read_text()
+TICK_S = 2.0  # while a shown run is active
+IDLE_TICK_S = 10.0  # otherwise: a slow look, to notice a run that is resumed or launched elsewhere
 LOG_LINES = 40
 
 
@@ -42,8 +45,12 @@ class RunCache:
 
 @dataclass
 class MonitorCache:
+    """What one browser tab has read and shows (kept in its gr.State), so that a tick sends only what changed."""
+
     runs: dict[str, RunCache] = field(default_factory=dict)
     view: tuple = ()  # the last drawn (runs, settings): unchanged view + no new records = nothing to redraw
+    sent: dict[str, Any] = field(default_factory=dict)  # the card, sample, log and timer last sent
+    labels: dict[str, str] = field(default_factory=dict)  # run -> the state its picker label says
 
 
 def read_runs(jobs: Jobs, cache: MonitorCache, names: list[str]) -> tuple[dict[str, list[dict[str, Any]]], int]:
@@ -65,10 +72,13 @@ def _stat(label: str, value: str) -> str:
     return f"<div class='stat'><span>{label}</span><b>{html.escape(value)}</b></div>"
 
 
-def status_html(st: JobStatus | None) -> str:
-    """The status card: state badge, step / total with a progress bar, tokens, times, losses, speed, failure."""
+def status_html(st: JobStatus | Exception | None) -> str:
+    """The status card: state badge, step / total with a progress bar, tokens, times, losses, speed, failure (or
+    why the run's status could not be read)."""
     if st is None:
         return "<div class='status-card'>No run selected. Launch one in the Train tab, or pick a run above.</div>"
+    if isinstance(st, Exception):
+        return f"<div class='status-card'>⚠ {html.escape(str(st))}</div>"
     step = f"{st.step:,}" if st.step is not None else "—"
     total = f"{st.total_steps:,}" if st.total_steps else "—"
     pct = 100 * (st.step or 0) / st.total_steps if st.total_steps else 0
@@ -116,17 +126,36 @@ def last_sample(records: list[dict[str, Any]]) -> str:
 # ----- callbacks: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------------------
 
 VIEW_INPUTS = ("run", "compare", "smoothing", "x_axis", "log_y", "cache")
-VIEW_OUTPUTS = ("status", "loss_plot", "health_plot", "sample", "log", "cache", "timer")
+VIEW_OUTPUTS = ("status", "loss_plot", "health_plot", "sample", "log", "cache", "timer", "run", "compare")
 
 
-def _any_active(jobs: Jobs, names: list[str], name: str | None, st: JobStatus | None) -> bool:
+def _statuses(jobs: Jobs, names: list[str]) -> dict[str, JobStatus | Exception]:
+    out: dict[str, JobStatus | Exception] = {}
     for n in names:
         try:
-            if (st if n == name else jobs.status(n)).active:
-                return True
-        except Exception:  # deleted meanwhile: not active
-            continue
-    return False
+            out[n] = jobs.status(n)
+        except Exception as e:  # deleted meanwhile, unsafe name: said on the card (main run) or left out
+            out[n] = e
+    return out
+
+
+def pickers(runs: list[JobStatus], name: str | None, others: list[str]) -> dict[str, Any]:
+    """Updates of Run and Compare with: the runs as they are now (labels with their state), the main run left out
+    of Compare with."""
+    rest = [st for st in runs if st.name != name]
+    return {
+        "run": gr.update(choices=run_choices(runs), value=name),
+        "compare": gr.update(choices=run_choices(rest), value=[n for n in others if n != name]),
+    }
+
+
+def _send_changed(tab: Tab, cache: MonitorCache, values: dict[str, Any]) -> dict[Any, Any]:
+    """Only what differs from what this browser tab shows: an unchanged card or log is not re-rendered."""
+    out = {tab[key]: value for key, value in values.items() if cache.sent.get(key) != value}
+    cache.sent.update(values)
+    if tab["timer"] in out:
+        out[tab["timer"]] = gr.Timer(out[tab["timer"]], active=True)
+    return out
 
 
 def refresh_monitor(
@@ -139,105 +168,97 @@ def refresh_monitor(
     logy: bool,
     cache: MonitorCache | None,
 ) -> dict[Any, Any]:
-    """One tick: status card, curves (redrawn only when there is something new), last sample, log tail; the timer
-    keeps ticking while any shown run is active."""
+    """One tick: status card, curves (redrawn only when there is something new), last sample, log tail, and the
+    pickers' labels when a shown run changed state. The timer ticks fast while a shown run is active, and slowly
+    otherwise, so a run resumed elsewhere (another browser tab, a terminal) is followed again."""
     cache = cache or MonitorCache()
-    names = list(dict.fromkeys(n for n in [name, *(others or [])] if n))
-    nothing = {tab["loss_plot"]: None, tab["health_plot"]: None, tab["sample"]: "", tab["cache"]: cache}
-    if not names:
-        return {
-            **nothing,
-            tab["status"]: status_html(None),
-            tab["log"]: log_html(""),
-            tab["timer"]: gr.Timer(active=False),
-        }
+    others = [n for n in others or [] if n != name]
+    names = list(dict.fromkeys(n for n in [name, *others] if n))
     records, new = read_runs(ctx.jobs, cache, names)
-    try:
-        st = ctx.jobs.status(name) if name else None
-    except Exception as e:
-        card = f"<div class='status-card'>⚠ {html.escape(str(e))}</div>"
-        return {**nothing, tab["status"]: card, tab["log"]: "", tab["timer"]: gr.Timer(active=False)}
-    out = {
-        tab["status"]: status_html(st),
-        tab["sample"]: last_sample(records.get(name, [])),
-        tab["log"]: log_html(ctx.jobs.log_tail(name, LOG_LINES) if name else ""),
-        tab["cache"]: cache,
-        tab["timer"]: gr.Timer(active=_any_active(ctx.jobs, names, name, st)),
+    statuses = _statuses(ctx.jobs, names)
+    st = statuses.get(name) if name else None
+    active = any(isinstance(s, JobStatus) and s.active for s in statuses.values())
+    values: dict[str, Any] = {
+        "status": status_html(st),
+        "sample": last_sample(records.get(name, [])) if name else "",
+        "log": log_html(ctx.jobs.log_tail(name, LOG_LINES) if isinstance(st, JobStatus) else ""),
+        "timer": TICK_S if active else IDLE_TICK_S,  # seconds between ticks
     }
+    out = {**_send_changed(tab, cache, values), tab["cache"]: cache}
+    labels = {n: s.state for n, s in statuses.items() if isinstance(s, JobStatus)}
+    if any(cache.labels.get(n) != state for n, state in labels.items()):  # a label in a picker is out of date
+        runs = list_runs(ctx.jobs)
+        cache.labels = {r.name: r.state for r in runs}
+        out |= {tab[key]: update for key, update in pickers(runs, name, others).items()}
     view = (tuple(names), smooth, axis, logy)
-    if new or view != cache.view:  # else the plots keep what they show (and the zoom)
-        key = "|".join(names) + axis  # zoom survives refreshes, resets when the runs or the axis change
-        out[tab["loss_plot"]] = loss_figure(records, smooth, axis, logy, uirevision="loss" + key)
-        out[tab["health_plot"]] = health_figure(records, axis, logy, uirevision="health" + key)
+    if new or view != cache.view:  # else the plots keep what they show
+        key = "|".join(names) + axis  # the browser keeps the zoom of this key across redraws (ZOOM_KEEPER)
+        out[tab["loss_plot"]] = loss_figure(records, smooth, axis, logy, uirevision="loss" + key) if names else None
+        out[tab["health_plot"]] = health_figure(records, axis, logy, uirevision="health" + key) if names else None
         cache.view = view
     return out
 
 
-def refresh_run_choices(tab: Tab, ctx: AppContext, current: str | None) -> dict[Any, Any]:
-    """Both pickers list the runs as they are now; the picked run stays if it still exists, else the newest."""
+def refresh_run_choices(
+    tab: Tab, ctx: AppContext, current: str | None, others: list[str] | None, picked: bool
+) -> dict[Any, Any]:
+    """Both pickers list the runs as they are now. The run the user picked stays while it exists; otherwise the
+    first run is shown: an active one when there is one (runs are listed active first, then newest first)."""
     runs = list_runs(ctx.jobs)
     names = [st.name for st in runs]
-    value = current if current in names else (names[0] if names else None)
-    return {
-        tab["run"]: gr.update(choices=run_choices(runs), value=value),
-        tab["compare"]: gr.update(choices=run_choices(runs)),
-    }
+    value = current if picked and current in names else (names[0] if names else None)
+    return {tab[key]: update for key, update in pickers(runs, value, others or []).items()}
 
 
-def show_launched_run(tab: Tab, ctx: AppContext, launched: tuple[str, float] | None) -> Any:
+def show_launched_run(tab: Tab, ctx: AppContext, launched: tuple[str, float] | None, others: list[str] | None) -> Any:
     """Pick the run just launched or resumed ((name, time), from the Train tab) and watch it live."""
     if not launched:
         return gr.skip()
     name, _ = launched
-    runs = list_runs(ctx.jobs)
-    return {
-        tab["run"]: gr.update(choices=run_choices(runs), value=name),
-        tab["compare"]: gr.update(choices=run_choices(runs)),
-        tab["timer"]: gr.Timer(active=True),
-    }
+    return {tab[key]: update for key, update in pickers(list_runs(ctx.jobs), name, others or []).items()}
 
 
-def stop_and_watch(tab: Tab, ctx: AppContext, name: str | None) -> Any:
-    stopped = actions.stop_run(ctx.jobs, name)  # the trainer saves a checkpoint; the timer shows when it is gone
+def stop_run(tab: Tab, ctx: AppContext, name: str | None) -> None:
+    """Stop (the trainer saves a checkpoint); the refresh that follows sets the timer to watch it end."""
+    stopped = actions.stop_run(ctx.jobs, name)
     if not stopped.ok:
         gr.Warning(stopped.message)
-        return gr.skip()
-    return {tab["timer"]: gr.Timer(active=True)}
 
 
-def resume_and_watch(tab: Tab, ctx: AppContext, name: str | None) -> Any:
+def resume_run(tab: Tab, ctx: AppContext, name: str | None) -> None:
+    """Resume; the refresh that follows sees it active and ticks fast again."""
     resumed = actions.resume_run(ctx.jobs, name)
-    if not resumed.ok:
-        gr.Warning(resumed.message)
-        return gr.skip()
-    gr.Info(resumed.message)
-    return {tab["timer"]: gr.Timer(active=True)}
+    (gr.Info if resumed.ok else gr.Warning)(resumed.message)
 
 
 def follow(monitor: Tab, ctx: AppContext, launched: gr.State) -> Any:
-    """Show every run that `launched` names ((run, time), set by another tab) and watch it; returns the event."""
-    outputs = [monitor["run"], monitor["compare"], monitor["timer"]]
-    return launched.change(bind(show_launched_run, monitor, ctx), launched, outputs, queue=False)
+    """Show every run that `launched` names ((run, time), set by another tab); the run's change event refreshes the
+    view (and its timer). Returns the event."""
+    outputs = [monitor["run"], monitor["compare"]]
+    return launched.change(bind(show_launched_run, monitor, ctx), [launched, monitor["compare"]], outputs, queue=False)
 
 
 # ----- layout and wiring --------------------------------------------------------------------------------------------
 
 
-def _layout_pickers(ctx: AppContext) -> dict[str, Any]:
-    runs = list_runs(ctx.jobs)
+def _layout_pickers() -> dict[str, Any]:
+    # Empty until the page loads: the runs as they are then (not as they were when the app started) fill them.
     with gr.Row(equal_height=True):
-        run = gr.Dropdown(
-            run_choices(runs), value=runs[0].name if runs else None, label="Run", scale=3, elem_id="monitor-run"
-        )
-        compare = gr.Dropdown(
-            run_choices(runs), value=[], multiselect=True, label="Compare with", scale=3, elem_id="monitor-compare"
-        )
+        run = gr.Dropdown([], value=None, label="Run", scale=3, elem_id="monitor-run")
+        compare = gr.Dropdown([], value=[], multiselect=True, label="Compare with", scale=3, elem_id="monitor-compare")
         with gr.Column(scale=1, min_width=180):
             with gr.Row():
                 stop_btn = gr.Button("Stop", size="md", min_width=70, elem_classes=["danger"], elem_id="monitor-stop")
                 resume_btn = gr.Button("Resume", size="md", min_width=70, elem_id="monitor-resume")
             refresh_btn = gr.Button("↻ Refresh", size="sm", variant="secondary")
-    return {"run": run, "compare": compare, "stop_btn": stop_btn, "resume_btn": resume_btn, "refresh_btn": refresh_btn}
+    return {
+        "run": run,
+        "compare": compare,
+        "stop_btn": stop_btn,
+        "resume_btn": resume_btn,
+        "refresh_btn": refresh_btn,
+        "picked": gr.State(False),  # the user chose the run (else the first, active, run is shown on open)
+    }
 
 
 def _layout_charts() -> dict[str, Any]:
@@ -257,6 +278,9 @@ def _layout_charts() -> dict[str, Any]:
             c["log"] = gr.HTML(log_html(""), elem_id="monitor-log")
     c["cache"] = gr.State(None)  # a MonitorCache per browser session, made on first refresh
     c["timer"] = gr.Timer(TICK_S, active=False)
+    # Gradio draws each new figure in a new element, which loses a zoom that plotly's uirevision would keep: this
+    # script keeps it in the browser, per uirevision (the runs and the x axis shown).
+    gr.HTML("", js_on_load=ZOOM_KEEPER, elem_id="zoom-keeper", padding=False)
     return c
 
 
@@ -267,17 +291,17 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
     for name in ("run", "compare", "x_axis", "log_y"):
         tab[name].change(refresh, inputs, outputs, show_progress="hidden")
     tab["smoothing"].release(refresh, inputs, outputs, show_progress="hidden")
+    tab["run"].input(bind(picked_by_user, tab, ctx), None, tab["picked"], queue=False, show_progress="hidden")
     choices = bind(refresh_run_choices, tab, ctx)
-    pickers = [tab["run"], tab["compare"]]
-    tab["refresh_btn"].click(choices, tab["run"], pickers).then(refresh, inputs, outputs, show_progress="hidden")
-    for button, action in (("stop_btn", stop_and_watch), ("resume_btn", resume_and_watch)):
-        tab[button].click(bind(action, tab, ctx), tab["run"], tab["timer"]).then(
-            refresh, inputs, outputs, show_progress="hidden"
-        )
-    tab.on_open += [OnOpen(choices, [tab["run"]], pickers), OnOpen(refresh, inputs, outputs)]
+    choice_inputs, pickers = [tab["run"], tab["compare"], tab["picked"]], [tab["run"], tab["compare"]]
+    tab["refresh_btn"].click(choices, choice_inputs, pickers).then(refresh, inputs, outputs, show_progress="hidden")
+    for button, action in (("stop_btn", stop_run), ("resume_btn", resume_run)):
+        clicked = tab[button].click(bind(action, tab, ctx), tab["run"], None)
+        clicked.then(refresh, inputs, outputs, show_progress="hidden")
+    tab.on_open += [OnOpen(choices, choice_inputs, pickers), OnOpen(refresh, inputs, outputs)]
 
 
 def build(ctx: AppContext) -> Tab:
-    tab = Tab("monitor", {**_layout_pickers(ctx), **_layout_charts()})
+    tab = Tab("monitor", {**_layout_pickers(), **_layout_charts()})
     _wire(tab, ctx)
     return tab

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from core.jobs import Jobs, JobStatus
 
@@ -17,6 +18,17 @@ def list_runs(jobs: Jobs) -> list[JobStatus]:
 
 def run_choices(runs: list[JobStatus]) -> list[tuple[str, str]]:
     return [(f"{st.name}  ·  {st.state}", st.name) for st in runs]
+
+
+def first_active(runs: list[JobStatus]) -> str | None:
+    """The run to show when the user has not picked one: an active run (list_runs puts them first)."""
+    return runs[0].name if runs and runs[0].active else None
+
+
+def picked_by_user(tab: Any, ctx: Any) -> dict[Any, Any]:
+    """Callback of a run picker's input event: the user chose this run, so it stays when the tab opens again
+    (instead of the active run). `tab` has a "picked" gr.State."""
+    return {tab["picked"]: True}
 
 
 def human(n: float | None, digits: int = 3) -> str:

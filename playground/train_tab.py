@@ -6,22 +6,29 @@ it and hands it to core.jobs, which starts `python -m core.train` in the backgro
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from core.checkpoint import CheckpointError, read_state
 from core.cli import config_to_flags
 from core.config import PRESETS, ConfigError, ModelConfig, TrainConfig, model_config
 from core.data import BUNDLED, MAX_LISTED_FILES, DataError, check_source, source_files
 from core.device import gpu_count
-from core.jobs import Jobs, NameTaken
+from core.hf import HFError, hf_model_config
+from core.jobs import DeviceBusy, Jobs, JobStatus, NameTaken
 from core.paths import UNRESTRICTED, AccessPolicy
 from core.runs import validate_run_name
+from core.weights import resolve_source
 from playground import actions
-from playground.runs_view import duration, human, list_runs, run_choices
+from playground.runs_view import duration, first_active, human, list_runs, picked_by_user, run_choices
 from playground.tab import AppContext, OnOpen, Tab, bind
 
 DATA_SOURCES = {
@@ -96,9 +103,11 @@ FIELD_INFOS = {
     "compile": "Faster steps after a slow first one",
     "init_from": "Start from random weights, a run's latest checkpoint, or an imported GPT-2",
     "nproc": "Processes for CPU DDP (gloo)",
-    "allow_concurrent": "Run even if another job is using the same device",
+    "allow_concurrent": "Launch or resume next to another CPU job (both get slower)",
 }
 PICK_A_RUN_HINT = "Pick a run to stop or resume it."
+MAX_PATH_CHARS = 4096  # Linux's PATH_MAX
+TICK_S = 2.0  # Manage a run follows an active run at this pace
 
 
 def device_choices(gpus: int) -> list[tuple[str, str]]:
@@ -117,16 +126,49 @@ def param_count(mc: ModelConfig) -> int:
     return mc.vocab_size * C + mc.block_size * C + L * per_layer + (2 * C if mc.bias else C)
 
 
-def preset_summary(preset: str) -> str:
+def shape_summary(mc: ModelConfig) -> str:
     """'124M parameters · 12 layers · 12 heads · width 768 · context 1024'."""
-    try:
-        mc = model_config(preset)
-    except ConfigError as e:
-        return str(e)
     return (
         f"{human(param_count(mc))} parameters · {mc.n_layer} layers · {mc.n_head} heads · width {mc.n_embd} · "
         f"context {mc.block_size}"
     )
+
+
+def preset_summary(preset: str) -> str:
+    try:
+        return shape_summary(model_config(preset))
+    except ConfigError as e:
+        return str(e)
+
+
+def init_model_config(init_from: str | None, runs_dir: Path) -> ModelConfig | None:
+    """The shape of the weights init_from names, read from small files (a checkpoint's state.json, a Hugging Face
+    folder's config.json), never from the weights; None for scratch, a hub id (known only once downloaded) or
+    anything unreadable (launch says what is wrong with it)."""
+    if not init_from or init_from == "scratch":
+        return None
+    try:
+        source = resolve_source(init_from, runs_dir)
+        if source.kind in ("run", "checkpoint"):
+            return ModelConfig.from_dict(read_state(source.path)["model_config"])
+        if source.kind == "hf_folder":
+            return hf_model_config(json.loads((source.path / "config.json").read_text()))
+    except (ConfigError, CheckpointError, HFError, OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def model_hint(v: dict[str, Any], runs_dir: Path, access: AccessPolicy) -> str:
+    """The hint under the preset: the size of the model the run will train (Initialize from's weights replace the
+    preset's shape)."""
+    init = (v.get("init_from") or "scratch").strip() or "scratch"
+    try:
+        mc = init_model_config(access.check_model_source(init, "init_from"), runs_dir) if init != "scratch" else None
+    except ConfigError:
+        mc = None
+    if mc is None:
+        return preset_summary(v.get("preset") or DEFAULTS["preset"])
+    return f"{Path(init).name}'s model: {shape_summary(mc)} (replaces the preset)"
 
 
 def field_info(name: str, preset: str | None = None) -> str | None:
@@ -149,9 +191,15 @@ def _numbers(v: dict[str, Any]) -> dict[str, int | float]:
     for name in NUMBER_FIELDS:
         if name == "hf_token_budget" and v["data_source"] != "hf":
             continue
+        label = name.replace("_", " ")
         if v.get(name) is None or v[name] == "":
-            raise ConfigError(f"{name.replace('_', ' ')} is empty; enter a number", field=name)
-        out[name] = int(v[name]) if name in INT_FIELDS else float(v[name])
+            raise ConfigError(f"{label} is empty; enter a number", field=name)
+        value = float(v[name])
+        if not math.isfinite(value):
+            raise ConfigError(f"{label} must be a finite number, got {value}", field=name)
+        if name in INT_FIELDS and not value.is_integer():
+            raise ConfigError(f"{label} must be a whole number, got {value:g}; e.g. {round(value)}", field=name)
+        out[name] = int(value) if name in INT_FIELDS else value
     return out
 
 
@@ -166,10 +214,21 @@ def _data_source(
             raise ConfigError(
                 "data path is empty; give a .txt/.jsonl/.parquet file or a folder of them", field="data_path"
             )
+        if len(path) > MAX_PATH_CHARS:  # said at once, without asking the file system (a paste gone wrong)
+            raise ConfigError(
+                f"data path is {len(path):,} characters long; a path has at most {MAX_PATH_CHARS:,}: give the path "
+                "of a file or folder",
+                field="data_path",
+            )
         if access.exposed and path not in BUNDLED:  # the trainer gets the very path that was checked
             path = str(access.check_read(path, "data_path"))
         try:
-            source_files(path, limit=MAX_LISTED_FILES) if list_files else check_source(path)
+            files = source_files(path, limit=MAX_LISTED_FILES) if list_files else [check_source(path)]
+            if all(f.is_file() and f.stat().st_size == 0 for f in files):  # a folder's files: at launch only
+                what = (
+                    f"{path} is empty (0 bytes)" if len(files) == 1 else f"all {len(files)} files in {path} are empty"
+                )
+                raise ConfigError(f"{what}; give a corpus with text in it", field="data_path")
         except DataError as e:
             raise ConfigError(str(e), field="data_path") from e
         except OSError as e:  # a folder that cannot be walked (permissions)
@@ -227,6 +286,10 @@ def form_to_config(
         validate_run_name(name)
     data, data_config, budget = _data_source(v, num, access, list_files)
     device, nproc = _device_and_nproc(v, num)
+    init_from = _init_from(v, access)
+    # The weights' shape replaces the preset's (the trainer adopts it too): validate against it, say it in config.json.
+    shape = init_model_config(init_from, runs_dir)
+    dims = {k: getattr(shape, k) for k in ("n_layer", "n_head", "n_embd", "block_size")} if shape else {}
     cfg = TrainConfig(
         run_name=name,
         runs_dir=str(runs_dir),
@@ -248,9 +311,10 @@ def form_to_config(
         ckpt_interval=num["ckpt_interval"],
         sample_interval=num["sample_interval"],
         seed=num["seed"],
-        init_from=_init_from(v, access),
+        init_from=init_from,
         device=device,
         nproc=nproc,
+        **dims,
     )
     return cfg.validate()
 
@@ -297,23 +361,65 @@ def error_field(e: Exception) -> str | None:
 
 def field_states(preset: str | None, error: Exception | None = None) -> dict[str, dict[str, Any]]:
     """{field: update}: the error's message under its field (red), every other field's hint restored."""
-    bad = error_field(error) if error is not None else None
-    return {
-        name: gr.update(info=f"⚠ {error}", elem_classes=["field-error"])
-        if name == bad
-        else gr.update(info=field_info(name, preset), elem_classes=[])
-        for name in FIELDS
-    }
+    view = FormView(preset, error_field(error) if error is not None else None, str(error or ""))
+    return {name: view.field_update(name) for name in FIELDS}
 
 
-def run_summary(jobs: Jobs, name: str | None) -> str:
-    """'**running** · step 120 / 2,000 · 1m 05s elapsed' for the run picked under Manage a run."""
-    if not name:
-        return PICK_A_RUN_HINT
+@dataclass(frozen=True)
+class FormView:
+    """What the form shows around its values: which field is marked with which message, the preset's hint, the
+    command, the batch line and the message above Launch. Each browser session keeps the last one it was sent, and
+    a preview sends only what differs from it: a keystroke re-renders one or two components, not the whole form."""
+
+    preset: str | None
+    bad_field: str | None = None
+    error: str = ""
+    command: str | None = None  # None: the form is invalid, the last valid command stays
+    batch: str = ""
+    message: str = ""
+    model: str | None = None  # the preset's hint when it is not the preset's size (see model_hint)
+
+    def field_state(self, name: str) -> tuple[str | None, bool]:
+        if name == self.bad_field:
+            return f"⚠ {self.error}", True
+        return (self.model if name == "preset" and self.model else field_info(name, self.preset)), False
+
+    def field_update(self, name: str) -> dict[str, Any]:
+        info, bad = self.field_state(name)
+        return gr.update(info=info, elem_classes=["field-error"] if bad else [])
+
+    def changes(self, tab: Tab, shown: FormView | None) -> dict[Any, Any]:
+        """{component: update} for what differs from `shown` (everything when nothing was shown yet)."""
+        names = FIELDS if shown is None else [n for n in FIELDS if self.field_state(n) != shown.field_state(n)]
+        out: dict[Any, Any] = {tab[name]: self.field_update(name) for name in names}
+        for key, value, before in (
+            ("command", self.command, shown and shown.command),
+            ("batch_md", self.batch, shown and shown.batch),
+            ("message", self.message, shown and shown.message),
+        ):
+            if value is not None and (shown is None or value != before):
+                out[tab[key]] = value
+        kept = self.command if self.command is not None else shown and shown.command
+        out[tab["shown"]] = dataclasses.replace(self, command=kept)
+        return out
+
+
+def form_view(ctx: AppContext, v: dict[str, Any]) -> FormView:
+    """The live view of the form's values: the validation message next to its field, or the batch arithmetic and
+    the exact command."""
+    model = model_hint(v, ctx.runs_dir, ctx.access)
     try:
-        st = jobs.status(name)
-    except Exception as e:
-        return f"⚠ {e}"
+        cfg = form_to_config(v, ctx.runs_dir, access=ctx.access)
+    except ConfigError as e:
+        fix = "⚠ Fix the highlighted field before launching."
+        if e.field in FIELDS:
+            return FormView(v.get("preset"), e.field, str(e), message=fix, model=model)
+        return FormView(v.get("preset"), message=f"⚠ {e}", model=model)
+    return FormView(v.get("preset"), command=command_preview(cfg, ctx.jobs), batch=batch_summary(cfg), model=model)
+
+
+def run_summary(st: JobStatus) -> str:
+    """'**running** · step 120 / 2,000 · 1m 05s elapsed' for the run picked under Manage a run."""
     step = f"step {st.step:,} / {st.total_steps:,}" if st.step is not None and st.total_steps else "no steps yet"
     return f"**{st.state}** · {step} · {duration(st.elapsed)} elapsed"
 
@@ -321,33 +427,32 @@ def run_summary(jobs: Jobs, name: str | None) -> str:
 # ----- callbacks: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------------------
 
 
-def _fields(tab: Tab, preset: str | None, error: Exception | None = None) -> dict[Any, Any]:
-    return {tab[name]: update for name, update in field_states(preset, error).items()}
+def _form(values: tuple[Any, ...]) -> tuple[dict[str, Any], FormView | None]:
+    """The form's values by field, and the view last shown (the optional input after the fields)."""
+    shown = values[len(FIELDS)] if len(values) > len(FIELDS) else None
+    return dict(zip(FIELDS, values)), shown
 
 
 def preview_form(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
-    """Live: validation next to the field, the batch arithmetic and the exact command."""
-    v = dict(zip(FIELDS, values))
-    try:
-        cfg = form_to_config(v, ctx.runs_dir, access=ctx.access)
-    except ConfigError as e:
-        message = "⚠ Fix the highlighted field before launching." if e.field in FIELDS else f"⚠ {e}"
-        return {**_fields(tab, v.get("preset"), e), tab["batch_md"]: "", tab["message"]: message}
-    return {
-        **_fields(tab, v.get("preset")),
-        tab["command"]: command_preview(cfg, ctx.jobs),
-        tab["batch_md"]: batch_summary(cfg),
-        tab["message"]: "",
-    }
+    """Live: validation next to the field, the batch arithmetic and the exact command. values: the FIELDS, then
+    optionally the FormView last shown (only what changed since is sent)."""
+    v, shown = _form(values)
+    return form_view(ctx, v).changes(tab, shown)
 
 
-def fit_seq_len_to_preset(tab: Tab, ctx: AppContext, preset: str, seq_len: int | None) -> Any:
-    """Shrink the sequence length when the new model's context is shorter."""
+def follow_model(
+    tab: Tab, ctx: AppContext, preset: str, init_from: str | None, seq_len: float | None, followed: int | None
+) -> Any:
+    """The sequence length follows the context of the model (the preset's, or Initialize from's) while it still
+    holds the context it last followed (`followed`); one the user typed stays, and only shrinks to fit."""
     try:
-        block = model_config(preset).block_size
+        init = ctx.access.check_model_source(init_from, "init_from") if init_from and init_from != "scratch" else None
+        block = (init_model_config(init, ctx.runs_dir) or model_config(preset)).block_size
     except ConfigError:
         return gr.skip()
-    return {tab["seq_len"]: block} if not seq_len or seq_len > block else gr.skip()
+    if seq_len and seq_len != followed and seq_len <= block:
+        return gr.skip()
+    return {tab["seq_len"]: block, tab["seq_len_follows"]: block}
 
 
 def show_data_fields(tab: Tab, ctx: AppContext, source: str) -> dict[Any, Any]:
@@ -360,52 +465,70 @@ def show_nproc(tab: Tab, ctx: AppContext, device: str) -> dict[Any, Any]:
 
 def launch_run(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
     """Validate and launch; the launched marker (run, time) makes the Monitor tab follow the new run."""
-    v = dict(zip(FIELDS, values))
+    v, shown = _form(values)
+    kept = {"command": shown.command, "batch": shown.batch} if shown else {}
     try:
         cfg = form_to_config(v, ctx.runs_dir, access=ctx.access, list_files=True)
         job = ctx.jobs.launch(cfg, allow_concurrent=bool(v["allow_concurrent"]))
     except Exception as e:  # bad value, name taken, busy device, disk full: a message, never a trace
-        return {**_fields(tab, v.get("preset"), e), tab["message"]: f"⚠ Not launched: {e}"}
+        bad = error_field(e) if error_field(e) in FIELDS else None
+        why = actions.device_busy(e, actions.TICK_ALONGSIDE) if isinstance(e, DeviceBusy) else str(e)
+        view = FormView(v.get("preset"), bad, str(e) if bad else "", message=f"⚠ Not launched: {why}", **kept)
+        return view.changes(tab, shown)
+    view = FormView(
+        v.get("preset"), message=f"✅ Launched **{job.name}** (pid {job.pid}): follow it in the Monitor tab.", **kept
+    )
     return {
-        **_fields(tab, v.get("preset")),
-        tab["message"]: f"✅ Launched **{job.name}** (pid {job.pid}): follow it in the Monitor tab.",
+        **view.changes(tab, shown),
         tab["run_picker"]: gr.update(choices=run_choices(list_runs(ctx.jobs)), value=job.name),
         tab["launched"]: (job.name, time.time()),
         tab["init_from"]: gr.update(choices=init_choices(ctx.jobs)),
+        tab["manage_timer"]: gr.Timer(active=True),
     }
 
 
-def describe_picked_run(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, Any]:
-    return {tab["run_md"]: run_summary(ctx.jobs, name)}
+def watch_picked_run(tab: Tab, ctx: AppContext, name: str | None, labelled: str | None) -> dict[Any, Any]:
+    """Manage a run, live: the picked run's summary, and its label in the picker once its state changed (`labelled`:
+    the state the label shows). The timer ticks while the run is active (running, stopping)."""
+    if not name:
+        return {tab["run_md"]: PICK_A_RUN_HINT, tab["manage_timer"]: gr.Timer(active=False)}
+    try:
+        st = ctx.jobs.status(name)
+    except Exception as e:  # deleted meanwhile, unsafe name
+        return {tab["run_md"]: f"⚠ {e}", tab["manage_timer"]: gr.Timer(active=False)}
+    out = {tab["run_md"]: run_summary(st), tab["manage_timer"]: gr.Timer(active=st.active)}
+    if st.state != labelled:
+        out[tab["run_picker"]] = gr.update(choices=run_choices(list_runs(ctx.jobs)), value=name)
+        out[tab["labelled"]] = st.state
+    return out
 
 
 def stop_picked_run(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, Any]:
     stopped = actions.stop_run(ctx.jobs, name)
     if not stopped.ok:
         return {tab["run_md"]: f"⚠ {stopped.message}"}
-    return {
-        tab["run_md"]: run_summary(ctx.jobs, name),
-        tab["run_picker"]: gr.update(choices=run_choices(list_runs(ctx.jobs)), value=name),
-    }
+    return {tab["run_md"]: stopped.message, tab["manage_timer"]: gr.Timer(active=True)}  # the timer follows it
 
 
-def resume_picked_run(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, Any]:
-    resumed = actions.resume_run(ctx.jobs, name)
+def resume_picked_run(tab: Tab, ctx: AppContext, name: str | None, alongside: bool = False) -> dict[Any, Any]:
+    resumed = actions.resume_run(ctx.jobs, name, bool(alongside), actions.TICK_ALONGSIDE + " and resume again")
     if not resumed.ok:
         return {tab["run_md"]: f"⚠ {resumed.message}"}
     return {
-        tab["run_md"]: run_summary(ctx.jobs, name),
-        tab["run_picker"]: gr.update(choices=run_choices(list_runs(ctx.jobs)), value=name),
+        tab["run_md"]: resumed.message,
+        tab["manage_timer"]: gr.Timer(active=True),
         tab["launched"]: (name, time.time()),
     }
 
 
-def refresh_run_pickers(tab: Tab, ctx: AppContext, current: str | None) -> dict[Any, Any]:
-    """Runs and checkpoints appear in the pickers when the tab is opened (they change in other tabs)."""
+def refresh_run_pickers(tab: Tab, ctx: AppContext, current: str | None, picked: bool = False) -> dict[Any, Any]:
+    """Runs and checkpoints as they are now (they change in other tabs and terminals). The run the user picked stays
+    while it exists; otherwise an active run is picked, if there is one."""
     runs = list_runs(ctx.jobs)
-    value = current if current in [st.name for st in runs] else None
+    value = current if picked and current in [st.name for st in runs] else first_active(runs)
     return {
         tab["run_picker"]: gr.update(choices=run_choices(runs), value=value),
+        tab["labelled"]: next((st.state for st in runs if st.name == value), None),
         tab["init_from"]: gr.update(choices=init_choices(ctx.jobs)),
     }
 
@@ -414,7 +537,9 @@ def refresh_run_pickers(tab: Tab, ctx: AppContext, current: str | None) -> dict[
 
 
 def _number_field(name: str, label: str) -> gr.Number:
-    return gr.Number(DEFAULTS[name], label=label, precision=0, info=field_info(name), minimum=0)
+    # No minimum/maximum and no precision: Gradio would reject or round a value (-5, 2.5) before the app's own
+    # check (_numbers, TrainConfig.validate) names the field.
+    return gr.Number(DEFAULTS[name], label=label, info=field_info(name))
 
 
 def _layout_model_and_data() -> dict[str, Any]:
@@ -454,9 +579,7 @@ def _layout_batch_and_optimizer(ctx: AppContext) -> dict[str, Any]:
         c["batch_md"] = gr.Markdown(batch_summary(form_to_config(DEFAULTS, ctx.runs_dir)), elem_classes=["hint"])
     with gr.Group(), gr.Row():
         c["lr"] = gr.Number(DEFAULTS["lr"], label="Learning rate", info=field_info("lr"))
-        c["warmup_steps"] = gr.Number(
-            DEFAULTS["warmup_steps"], label="Warmup steps", precision=0, info=field_info("warmup_steps")
-        )
+        c["warmup_steps"] = _number_field("warmup_steps", "Warmup steps")
         c["min_lr"] = gr.Number(DEFAULTS["min_lr"], label="Min learning rate", info=field_info("min_lr"))
         c["weight_decay"] = gr.Number(DEFAULTS["weight_decay"], label="Weight decay", info=field_info("weight_decay"))
     return c
@@ -503,6 +626,8 @@ def _layout_launch(ctx: AppContext) -> dict[str, Any]:
     )
     c["message"] = gr.Markdown(elem_classes=["form-message"], elem_id="train-message")
     c["launch_btn"] = gr.Button("Launch training", variant="primary", size="lg", elem_id="launch-btn")
+    c["shown"] = gr.State(None)  # the FormView this browser session shows
+    c["seq_len_follows"] = gr.State(DEFAULTS["seq_len"])  # the model context the sequence length last followed
     return c
 
 
@@ -510,16 +635,17 @@ def _layout_manage(ctx: AppContext) -> dict[str, Any]:
     c: dict[str, Any] = {}
     gr.Markdown("**Manage a run**", elem_classes=["section-title"])
     with gr.Row(equal_height=True):
-        c["run_picker"] = gr.Dropdown(
-            run_choices(list_runs(ctx.jobs)), label="Run", show_label=False, scale=5, elem_id="train-run-picker"
-        )
+        c["run_picker"] = gr.Dropdown([], label="Run", show_label=False, scale=5, elem_id="train-run-picker")
         c["stop_btn"] = gr.Button(
             "Stop", size="md", scale=1, min_width=76, elem_classes=["danger"], elem_id="train-stop"
         )
         c["resume_btn"] = gr.Button("Resume", size="md", scale=1, min_width=86, elem_id="train-resume")
-    c["run_md"] = gr.Markdown(PICK_A_RUN_HINT, elem_classes=["hint"])
+    c["run_md"] = gr.Markdown(PICK_A_RUN_HINT, elem_classes=["hint"], elem_id="train-run-summary")
     # The run just launched or resumed, as (name, time): the Monitor tab follows it.
     c["launched"] = gr.State(None)
+    c["picked"] = gr.State(False)  # the user chose the run (else an active run is picked when the tab opens)
+    c["labelled"] = gr.State(None)  # the state the picked run's label shows
+    c["manage_timer"] = gr.Timer(TICK_S, active=False)
     return c
 
 
@@ -528,26 +654,52 @@ def _layout_manage(ctx: AppContext) -> dict[str, Any]:
 
 def _wire(tab: Tab, ctx: AppContext) -> None:
     fields = [tab[name] for name in FIELDS]
-    preview = bind(preview_form, tab, ctx)
-    preview_outputs = [*fields, tab["command"], tab["batch_md"], tab["message"]]
-    for comp in fields:
-        event = comp.input if isinstance(comp, (gr.Textbox, gr.Number)) else comp.change
-        event(preview, fields, preview_outputs, show_progress="hidden", queue=False)
-    tab["preset"].change(
-        bind(fit_seq_len_to_preset, tab, ctx), [tab["preset"], tab["seq_len"]], tab["seq_len"], queue=False
-    ).then(preview, fields, preview_outputs, show_progress="hidden", queue=False)
+    form_in = [*fields, tab["shown"]]
+    form_out = [*fields, tab["command"], tab["batch_md"], tab["message"], tab["shown"]]
+    # One event for every field: "always_last" runs it once more after a pending run with the values as they are
+    # then, so however fast the typing, the last preview sees the final values (never per keystroke, never stale).
+    gr.on(
+        [comp.change for comp in fields],
+        bind(preview_form, tab, ctx),
+        form_in,
+        form_out,
+        trigger_mode="always_last",
+        show_progress="hidden",
+        queue=False,
+    )
+    follows = [tab["seq_len"], tab["seq_len_follows"]]
+    gr.on(
+        [tab["preset"].change, tab["init_from"].change],
+        bind(follow_model, tab, ctx),
+        [tab["preset"], tab["init_from"], *follows],
+        follows,
+        queue=False,
+        show_progress="hidden",
+    )
     tab["data_source"].change(
         bind(show_data_fields, tab, ctx), tab["data_source"], [tab["data_path"], tab["hf_row"]], queue=False
     )
     tab["device"].change(bind(show_nproc, tab, ctx), tab["device"], tab["nproc"], queue=False)
-    launched = [tab["message"], tab["run_picker"], tab["launched"], tab["init_from"]]
-    tab["launch_btn"].click(bind(launch_run, tab, ctx), fields, [*fields, *launched], concurrency_limit=1)
+    launched = [tab["run_picker"], tab["launched"], tab["init_from"], tab["manage_timer"]]
+    tab["launch_btn"].click(bind(launch_run, tab, ctx), form_in, [*form_out, *launched], concurrency_limit=1)
 
     picker = tab["run_picker"]
-    picker.change(bind(describe_picked_run, tab, ctx), picker, tab["run_md"], queue=False)
-    tab["stop_btn"].click(bind(stop_picked_run, tab, ctx), picker, [tab["run_md"], picker])
-    tab["resume_btn"].click(bind(resume_picked_run, tab, ctx), picker, [tab["run_md"], picker, tab["launched"]])
-    tab.on_open.append(OnOpen(bind(refresh_run_pickers, tab, ctx), [picker], [picker, tab["init_from"]]))
+    picker.input(bind(picked_by_user, tab, ctx), None, tab["picked"], queue=False, show_progress="hidden")
+    watch = bind(watch_picked_run, tab, ctx)
+    watched = [tab["run_md"], tab["manage_timer"], picker, tab["labelled"]]
+    picker.change(watch, [picker, tab["labelled"]], watched, queue=False, show_progress="hidden")
+    tab["manage_timer"].tick(watch, [picker, tab["labelled"]], watched, show_progress="hidden")
+    tab["stop_btn"].click(bind(stop_picked_run, tab, ctx), picker, [tab["run_md"], tab["manage_timer"]])
+    tab["resume_btn"].click(
+        bind(resume_picked_run, tab, ctx),
+        [picker, tab["allow_concurrent"]],
+        [tab["run_md"], tab["manage_timer"], tab["launched"]],
+    )
+    refreshed = [picker, tab["labelled"], tab["init_from"]]
+    tab.on_open += [
+        OnOpen(bind(refresh_run_pickers, tab, ctx), [picker, tab["picked"]], refreshed),
+        OnOpen(watch, [picker, tab["labelled"]], watched),  # the summary as it is now, even if the pick stayed
+    ]
 
 
 def build(ctx: AppContext) -> Tab:

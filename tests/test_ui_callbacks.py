@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 import gradio.utils
+import pandas as pd
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ import app
 from core import jobs as jobs_cli
 from core.checkpoint import list_checkpoints, save_checkpoint
 from core.config import ConfigError, TrainConfig, model_config
-from core.jobs import Jobs, JobStatus
+from core.jobs import DeviceBusy, Jobs, JobStatus
 from core.metrics import MetricsWriter, read_all
 from core.model import GPT
 from playground import actions, figures, models_tab, monitor_tab, train_tab
@@ -69,6 +70,11 @@ def test_defaults_make_a_valid_cpu_config(tmp_path):
         ({"data_source": "hf", "hf_dataset": ""}, "hf_dataset", "empty"),
         ({"device": "cpu-ddp", "nproc": 1}, "nproc", "2 to 64"),
         ({"init_from": "/no/such/checkpoint"}, "init_from", "not found"),
+        ({"seed": -5}, "seed", "seed must be >= 0"),
+        ({"batch_size": 2.5}, "batch_size", "batch size must be a whole number, got 2.5; e.g. 2"),
+        ({"max_steps": float("inf")}, "max_steps", "must be a finite number"),
+        ({"sample_interval": -5}, "sample_interval", "sample_interval must be >= 0"),
+        ({"total_batch_tokens": -5}, "total_batch_tokens", "total_batch_tokens must be >= 0"),
     ],
 )
 def test_invalid_settings_name_their_field(tmp_path, overrides, field, words):
@@ -76,6 +82,20 @@ def test_invalid_settings_name_their_field(tmp_path, overrides, field, words):
         form_to_config(form(**overrides), tmp_path)
     assert e.value.field == field
     assert words in str(e.value)
+
+
+def test_an_empty_corpus_is_refused_by_the_form(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "folder").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "folder" / name).write_text("")
+    with pytest.raises(ConfigError, match=r"empty\.txt is empty \(0 bytes\)") as e:
+        form_to_config(form(data_source="local", data_path=str(tmp_path / "empty.txt")), tmp_path)
+    assert e.value.field == "data_path"
+    folder = form(data_source="local", data_path=str(tmp_path / "folder"))
+    form_to_config(folder, tmp_path)  # the live preview does not list a folder
+    with pytest.raises(ConfigError, match="all 2 files in .* are empty"):
+        form_to_config(folder, tmp_path, list_files=True)  # launch does
 
 
 def test_batch_tokens_error_suggests_a_fix_and_accumulation_is_shown(tmp_path):
@@ -90,6 +110,8 @@ def test_batch_tokens_error_suggests_a_fix_and_accumulation_is_shown(tmp_path):
 def test_local_data_path_is_accepted(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("to be or not to be\n" * 50)
+    cfg = form_to_config(form(batch_size=8.0, seq_len=64.0), tmp_path)  # Gradio sends whole numbers as floats
+    assert (cfg.batch_size, cfg.seq_len) == (8, 64) and isinstance(cfg.batch_size, int)
     assert form_to_config(form(data_source="local", data_path=str(corpus)), tmp_path).data == str(corpus)
     cfg = form_to_config(form(data_source="hf", hf_dataset="roneneldan/TinyStories", hf_config=""), tmp_path)
     assert (cfg.data, cfg.data_config, cfg.data_token_budget) == ("hf:roneneldan/TinyStories", None, 10_000_000)
@@ -333,6 +355,12 @@ def test_actions_say_why_they_did_nothing(tmp_path):
     save_checkpoint(tmp_path / "idle", 3, GPT(model_config("micro")), {})
     (tmp_path / "empty").mkdir()
     assert "no checkpoint" in actions.resume_run(jobs, "empty").message
+    assert actions.stop_run(jobs, "idle") == actions.Outcome(False, "idle is already done: there is nothing to stop.")
+    busy = actions.device_busy(DeviceBusy("cpu", "other", 42), actions.TICK_ALONGSIDE)
+    assert busy.startswith("run 'other' is already training on cpu") and busy.endswith(
+        "or tick *Allow alongside another job* (both jobs get slower)."
+    )
+    assert "Allow" not in actions.device_busy(DeviceBusy("cuda", "other", 42), actions.TICK_ALONGSIDE)
     asked = actions.confirm_delete(jobs, "idle")
     assert asked.ok and "Delete run **idle** with its 1 checkpoint," in asked.message
     assert actions.confirm_delete(jobs, None) == actions.Outcome(False, "Pick a run to delete.")
@@ -360,14 +388,41 @@ def test_train_callbacks_put_errors_next_to_their_field(tmp_path):
     assert out[tab["message"]].startswith("⚠ Not launched: a run named 'taken'") and tab["launched"] not in out
     assert train_tab.resume_picked_run(tab, ctx, "taken")[tab["run_md"]].startswith("⚠ Could not resume taken")
     assert train_tab.stop_picked_run(tab, ctx, None) == {tab["run_md"]: "⚠ Pick a run first."}
-    assert train_tab.describe_picked_run(tab, ctx, None) == {tab["run_md"]: "Pick a run to stop or resume it."}
-    pickers = train_tab.refresh_run_pickers(tab, ctx, "gone")
+    watched = train_tab.watch_picked_run(tab, ctx, None, None)
+    assert watched[tab["run_md"]] == "Pick a run to stop or resume it." and not watched[tab["manage_timer"]].active
+    watched = train_tab.watch_picked_run(tab, ctx, "taken", None)  # a folder with no run in it: not active
+    assert watched[tab["run_md"]].startswith("**unknown**") and not watched[tab["manage_timer"]].active
+    assert watched[tab["labelled"]] == "unknown" and watched[tab["run_picker"]]["value"] == "taken"
+    assert tab["run_picker"] not in train_tab.watch_picked_run(tab, ctx, "taken", "unknown")  # label up to date
+    pickers = train_tab.refresh_run_pickers(tab, ctx, "gone", True)
     assert pickers[tab["run_picker"]]["value"] is None and pickers[tab["init_from"]]["choices"][0][1] == "scratch"
-    assert train_tab.fit_seq_len_to_preset(tab, ctx, "micro", 128) == {tab["seq_len"]: 32}
-    assert train_tab.fit_seq_len_to_preset(tab, ctx, "micro", 16) == gr.skip()
+    follows = {"micro": {tab["seq_len"]: 32, tab["seq_len_follows"]: 32}}
+    assert train_tab.follow_model(tab, ctx, "micro", "scratch", 128, 128) == follows["micro"]
+    assert train_tab.follow_model(tab, ctx, "tiny", "scratch", 32, 32)[tab["seq_len"]] == 128  # it follows...
+    assert train_tab.follow_model(tab, ctx, "tiny", "scratch", 16, 32) == gr.skip()  # ...unless typed
+    assert train_tab.follow_model(tab, ctx, "micro", "scratch", 64, 128) == follows["micro"]  # typed, too long
     shown = train_tab.show_data_fields(tab, ctx, "hf")
     assert not shown[tab["data_path"]]["visible"] and shown[tab["hf_row"]]["visible"]
     assert train_tab.show_nproc(tab, ctx, "cpu-ddp")[tab["nproc"]]["visible"]
+
+
+def test_preview_sends_only_what_changed_since_the_last_view(tmp_path):
+    tab, ctx = built(tmp_path, train_tab)
+    first = train_tab.preview_form(tab, ctx, *[form()[n] for n in train_tab.FIELDS], None)
+    assert all(tab[n] in first for n in train_tab.FIELDS)  # nothing shown yet: the whole form
+    shown = first[tab["shown"]]
+    steps = train_tab.preview_form(tab, ctx, *[form(max_steps=250)[n] for n in train_tab.FIELDS], shown)
+    assert set(steps) == {tab["command"], tab["batch_md"], tab["shown"]} and "--max-steps 250" in steps[tab["command"]]
+    shown = steps[tab["shown"]]
+    bad = train_tab.preview_form(tab, ctx, *[form(max_steps=250, lr=0)[n] for n in train_tab.FIELDS], shown)
+    assert set(bad) == {tab["lr"], tab["batch_md"], tab["message"], tab["shown"]}  # the last command stays
+    assert bad[tab["lr"]]["elem_classes"] == ["field-error"] and bad[tab["shown"]].command == shown.command
+    fixed = train_tab.preview_form(tab, ctx, *[form(max_steps=250)[n] for n in train_tab.FIELDS], bad[tab["shown"]])
+    assert fixed[tab["lr"]] == {"__type__": "update", "info": "Peak, after warmup", "elem_classes": []}
+    assert fixed[tab["message"]] == "" and tab["command"] not in fixed  # the same command as before the error
+    long_path = form(data_source="local", data_path="x" * 20_000)
+    out = train_tab.preview_form(tab, ctx, *[long_path[n] for n in train_tab.FIELDS])
+    assert "20,000 characters long" in out[tab["data_path"]]["info"]
 
 
 def test_launch_marks_the_run_for_monitor(tmp_path):
@@ -382,12 +437,12 @@ def test_launch_marks_the_run_for_monitor(tmp_path):
         assert out[train["message"]].startswith("✅ Launched **short**")
         name, when = out[train["launched"]]  # a (run, time) tuple, not a string to split
         assert name == "short" and isinstance(when, float)
-        shown = monitor_tab.show_launched_run(monitor, ctx, out[train["launched"]])
-        assert shown[monitor["run"]]["value"] == "short" and shown[monitor["timer"]].active
+        shown = monitor_tab.show_launched_run(monitor, ctx, out[train["launched"]], ["short"])
+        assert shown[monitor["run"]]["value"] == "short" and shown[monitor["compare"]]["value"] == []
         wait_for(lambda: not ctx.jobs.status("short").active, 120, "the 2-step run to end")
     finally:
         ctx.jobs.stop("short", timeout=5)
-    assert monitor_tab.show_launched_run(monitor, ctx, None) == gr.skip()
+    assert monitor_tab.show_launched_run(monitor, ctx, None, []) == gr.skip()
 
 
 def test_monitor_redraws_when_the_metrics_file_is_replaced(tmp_path):
@@ -417,6 +472,12 @@ def test_models_callbacks_pick_ask_and_delete(tmp_path):
     picked = models_tab.pick_row(tab, ctx, rows, gr.SelectData(tab["table"], {"index": [0, 2], "value": "—"}))
     ckpt = str(ctx.runs_dir / "old" / "ckpt" / "step-000007")
     assert picked == {tab["run"]: "old", tab["ckpt"]: ckpt}
+    # What the browser sends: the table as a DataFrame keyed by its headers, and the clicked row's cells.
+    frame = pd.DataFrame(rows, columns=models_tab.COLUMNS)
+    clicked = gr.SelectData(tab["table"], {"index": [0, 2], "value": "—", "row_value": rows[0]})
+    assert models_tab.pick_row(tab, ctx, frame, clicked) == picked
+    no_row_value = gr.SelectData(tab["table"], {"index": [0, 2], "value": "—"})
+    assert models_tab.pick_row(tab, ctx, frame, no_row_value) == picked
 
     asked = models_tab.ask_to_delete(tab, ctx, "old")
     assert (
@@ -455,3 +516,63 @@ def test_app_flags_and_exposure_warning():
     assert app.exposure_warning(exposed, app.credentials(exposed, {})) is None
     with pytest.raises(SystemExit):
         app.parse_args(["--auth", "no-colon"])
+
+
+def test_an_imported_model_shows_its_own_shape(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from core.hf import import_to_run
+
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=64)).save_pretrained(tmp_path / "hf")
+    run = import_to_run(tmp_path / "hf", tmp_path / "runs", "imp")
+    assert TrainConfig.from_json(run / "config.json").preset == "micro"  # the nearest preset, not gpt2
+    assert models_tab.model_label(run, "micro") == "2 layers × 64"
+    assert models_tab.model_label(run.parent / "missing", "tiny") == "tiny"
+    for init in (str(run), str(tmp_path / "hf")):  # a run and a Hugging Face folder: read without the weights
+        cfg = form_to_config(form(init_from=init, seq_len=64), tmp_path / "runs")
+        assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size) == (2, 2, 64, 64)
+    with pytest.raises(ConfigError, match=r"block_size \(64\)"):
+        form_to_config(form(init_from=str(run), seq_len=128), tmp_path / "runs")  # the weights' context counts
+    hint = train_tab.model_hint(form(init_from=str(run)), tmp_path / "runs", train_tab.UNRESTRICTED)
+    assert hint.startswith("imp's model: ") and "2 layers · 2 heads · width 64 · context 64" in hint
+    assert train_tab.model_hint(form(preset="micro"), tmp_path, train_tab.UNRESTRICTED).startswith("1.63M parameters")
+
+
+def test_a_failed_run_says_whether_it_can_be_resumed(tmp_path):
+    jobs = Jobs(tmp_path)
+    for name, with_checkpoint in (("kept", True), ("none", False)):
+        if with_checkpoint:
+            save_checkpoint(tmp_path / name, 4, GPT(model_config("micro")), {})
+        (tmp_path / name).mkdir(exist_ok=True)
+        TrainConfig(run_name=name, preset="micro").to_json(tmp_path / name / "config.json")
+        w = MetricsWriter(tmp_path / name / "metrics.jsonl")
+        w.write("status", state="failed", step=5, message="loss became nan at step 5: lower --lr")
+        w.close()
+    kept, none = jobs.status("kept"), jobs.status("none")
+    assert kept.state == none.state == "failed"
+    assert kept.message.startswith("loss became nan") and "checkpoint (step-000004) is kept" in kept.message
+    assert "No checkpoint was saved, so there is nothing to resume" in none.message
+    assert "nothing to resume" not in kept.message and "is kept" not in none.message
+
+
+def test_monitor_ticks_send_only_what_changed(tmp_path):
+    tab, ctx = built(tmp_path, monitor_tab)
+    save_checkpoint(ctx.runs_dir / "done-run", 3, GPT(model_config("micro")), {})
+    (ctx.runs_dir / "failed-run").mkdir()
+    w = MetricsWriter(ctx.runs_dir / "failed-run" / "metrics.jsonl")
+    w.write("status", state="failed", step=0, message="boom")
+    w.close()
+    opened = monitor_tab.refresh_run_choices(tab, ctx, "failed-run", ["done-run"], False)
+    main = opened[tab["run"]]["value"]  # not picked by the user: the first run of the list
+    assert main == monitor_tab.list_runs(ctx.jobs)[0].name
+    assert [v for _, v in opened[tab["compare"]]["choices"]] == [n for n in ("done-run", "failed-run") if n != main]
+    assert monitor_tab.refresh_run_choices(tab, ctx, "failed-run", [], True)[tab["run"]]["value"] == "failed-run"
+
+    view = ("done-run", ["done-run", "failed-run"], 0.6, "step", False)
+    first = monitor_tab.refresh_monitor(tab, ctx, *view, None)
+    assert first[tab["compare"]]["value"] == ["failed-run"]  # the main run is left out of Compare with
+    assert ("done-run  ·  done", "done-run") in first[tab["run"]]["choices"]
+    timer = first[tab["timer"]]
+    assert timer.active and timer.value == monitor_tab.IDLE_TICK_S  # nothing active: a slow look, never off
+    again = monitor_tab.refresh_monitor(tab, ctx, *view, first[tab["cache"]])
+    assert set(again) == {tab["cache"]}  # nothing changed: nothing re-rendered

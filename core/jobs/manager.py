@@ -151,6 +151,19 @@ def _wait_ended(run_dir: Path, record: dict[str, Any], timeout: float) -> bool:
     return saved and processes.wait_gone(record, AFTER_SAVE_S)
 
 
+def after_failure(checkpoint: str | None) -> str:
+    """What a failed run still offers: its latest checkpoint to resume from, or nothing to resume."""
+    if checkpoint:
+        return (
+            f"Its latest checkpoint ({checkpoint}) is kept: resume continues from it with the same settings; to "
+            "change them, start a new run from it (Train › Initialize from, or --init-from)."
+        )
+    return (
+        "No checkpoint was saved, so there is nothing to resume: fix the cause and launch it again (under a new "
+        "name, or delete this run first)."
+    )
+
+
 def _settle(run_dir: Path, record: dict[str, Any], st: JobStatus, now: float) -> None:
     """Record a final state in status.json so later calls need no process lookups."""
     st.ended_at = st.ended_at or now
@@ -313,7 +326,7 @@ class Jobs:
             _settle(run_dir, record, st, now)
         if st.state == "failed":
             st.log_tail = st.log_tail or tail(run_dir / "train.log", FAIL_TAIL_LINES)
-            st.message = st.message or st.log_tail or NO_LOG
+            st.message = f"{st.message or st.log_tail or NO_LOG}\n{after_failure(st.checkpoint)}"
         if not st.active:
             st.eta_s = None
         return st

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +45,9 @@ def spawn(argv: list[str], cwd: Path, job_id: str, log: IO[bytes]) -> tuple[int,
         start_new_session=True,  # own process group: stop signals the whole tree, signals to the UI don't reach it
     )
     _CHILDREN[proc.pid] = proc
+    # Wait for it in the background: it is reaped the moment it ends, even if no one asks for its status again
+    # (else it stays a <defunct> child of the app). A daemon thread: the app can still exit and leave the job.
+    threading.Thread(target=proc.wait, name=f"reap-job-{proc.pid}", daemon=True).start()
     try:
         return proc.pid, psutil.Process(proc.pid).create_time()
     except psutil.NoSuchProcess:
