@@ -15,7 +15,7 @@ import torch
 
 from core.attention import attention_maps, previous_token_scores, repeated_random_tokens
 from core.checkpoint import save_checkpoint
-from core.config import model_config
+from core.config import ConfigError, model_config
 from core.generation import SamplingConfig, filter_probs, generate, prompt_tokens, stream
 from core.jobs import Jobs
 from core.model import GPT
@@ -131,6 +131,58 @@ def test_build_config_rejects_bad_values(args, message):
         build_config(*args)
 
 
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ((1.0, -1, 1.0, 10, 1, "", True, 1), "top_k"),
+        ((1.0, 99999, 1.0, 10, 1, "", True, 1), "top_k"),
+        ((1.0, 0, 1.0, 10, -5, "", True, 1), "seed"),
+        ((1.0, 0, 1.0, 10, 2.5, "", True, 1), "seed"),
+        ((float("nan"), 0, 1.0, 10, 1, "", True, 1), "temperature"),
+        ((1.0, 0, 1.5, 10, 1, "", True, 1), "top_p"),
+        ((1.0, 0, 1.0, 3000, 1, "", True, 1), "max_new"),
+        ((1.0, 0, 1.0, 10, 1, "", True, 0), "samples"),
+    ],
+)
+def test_build_config_names_the_field_of_a_bad_value(args, field):
+    with pytest.raises(ConfigError) as e:
+        build_config(*args)
+    assert e.value.field == field and field in sampling_tab.FIELD_HINTS
+
+
+def test_slider_values_out_of_range_move_into_it_with_a_note():
+    assert sampling_tab.fit_slider("temperature", 0.7) == (0.7, None)
+    assert sampling_tab.fit_slider("temperature", 5) == (2, "temperature 5 is outside 0 … 2: set to 2")
+    assert sampling_tab.fit_slider("top_p", 0) == (0.01, "top-p 0 is outside 0.01 … 1: set to 0.01")
+    assert sampling_tab.fit_slider("max_new", 5000)[0] == sampling_tab.MAX_UI_NEW_TOKENS
+    assert sampling_tab.fit_slider("samples", 2.5) == (2, "number of samples 2.5 is not a whole number: set to 2")
+    assert (
+        sampling_tab.fit_slider("samples", None)[0] == 1
+        and "must be a number" in sampling_tab.fit_slider("samples", None)[1]
+    )
+    values, notes = sampling_tab.fit_sliders({"temperature": -1, "top_k": -7, "samples": 3})
+    assert values == {"temperature": 0, "top_k": -7, "samples": 3} and list(notes) == ["temperature"]
+
+
+def test_the_callbacks_put_messages_under_their_fields(sampling):
+    tab, ctx = sampling
+    # Generate with seed -5: nothing generated, the message under Seed, every other field its hint.
+    (out,) = sampling_tab.generate_samples(tab, ctx, "micro-run", "x", 1.0, 0, 1.0, 5, -5, "", True, 1)
+    assert tab["output"] not in out and out[tab["status"]].startswith("⚠ seed must be 0 or more")
+    assert out[tab["seed"]]["info"].startswith("⚠ seed") and out[tab["seed"]]["elem_classes"] == ["field-error"]
+    assert out[tab["top_k"]] == {"__type__": "update", "info": sampling_tab.FIELD_HINTS["top_k"], "elem_classes": []}
+    # A slider beyond its range is moved to its end and generation goes on; the note stays under the slider.
+    outs = list(sampling_tab.generate_samples(tab, ctx, "micro-run", "x", 1.0, 0, 1.0, 3, 1, "", True, 20))
+    assert outs[0][tab["samples"]]["value"] == 8 and "set to 8" in outs[0][tab["samples"]]["info"]
+    assert outs[-1][tab["status"]].startswith("Done") and outs[-1][tab["output"]].count('class="sample"') == 8
+    # The next-token view: top-k -1 is refused under its field, and the chart says to fix it.
+    view = sampling_tab.show_next_token(tab, ctx, "micro-run", "x", 0.8, -1, 1.0, -1)
+    assert "top-k must be between 0 (off) and 50257, got -1" in view[tab["top_k"]]["info"]
+    assert view[tab["chart"]].layout.annotations[0].text == "Fix the highlighted setting"
+    fixed = sampling_tab.show_next_token(tab, ctx, "micro-run", "x", 0.8, 40, 1.0, -1)
+    assert fixed[tab["top_k"]]["info"] == sampling_tab.FIELD_HINTS["top_k"] and fixed[tab["chart"]].data
+
+
 # --- generation through the UI callback ----------------------------------------------------------
 
 
@@ -223,7 +275,9 @@ def test_clicking_a_prompt_token_picks_its_position(sampling):
     tab, ctx = sampling
     clicked = gr.EventData(tab["chips"], {"pos": 2})  # what PROMPT_CHIPS_JS sends
     assert sampling_tab.pick_prompt_token(tab, ctx, clicked) == {tab["position"]: 2}
-    assert sampling_tab.forget_picked_token(tab, ctx) == {tab["position"]: -1}
+    # An edited prompt goes back to the token after its end.
+    edited = sampling_tab.show_next_token_after_edit(tab, ctx, "micro-run", "The quick brown", 0.8, 5, 1.0)
+    assert edited[tab["position"]] == -1 and "the end of the prompt" in edited[tab["chart_note"]]
 
 
 # --- attention: redraws of a kept result, clicks on the grid, the induction probe ----------------------------------
@@ -238,7 +292,7 @@ def test_attention_redraws_the_kept_result(runs, attention):
     maps = attention_maps(CACHE.get(runs, "micro-run").model, encode(text))
     # A click on the overview grid (what GRID_JS sends) opens that head in the sliders and the big heatmap.
     clicked = attention_tab.open_clicked_head(tab, ctx, key, gr.EventData(tab["grid"], {"layer": 1, "head": 0}))
-    assert (clicked[tab["layer"]], clicked[tab["head"]], clicked[tab["average"]]) == (1, 0, False)
+    assert (clicked[tab["layer"]]["value"], clicked[tab["head"]]["value"], clicked[tab["average"]]) == (1, 0, False)
     heatmap = clicked[tab["heatmap"]]
     assert heatmap.layout.title.text == "Layer 1, head 0"
     z = np.array(heatmap.data[0].z, dtype=float)
@@ -250,6 +304,15 @@ def test_attention_redraws_the_kept_result(runs, attention):
     expected = previous_token_scores(maps.probs)
     assert np.allclose(np.array(summary[tab["summary"]].data[0].z, dtype=float), expected, atol=1e-6)
     assert "Highest: L" in summary[tab["summary_note"]]
+    # A layer or head the model does not have moves to the nearest one, with a note under its slider.
+    moved = attention_tab.redraw_heatmap(tab, ctx, key, 9, -1, False)
+    assert moved[tab["heatmap"]].layout.title.text == "Layer 1, head 0"
+    assert moved[tab["layer"]]["value"] == 1 and "there is no layer 9" in moved[tab["layer"]]["info"]
+    assert moved[tab["head"]]["value"] == 0 and "there is no head -1" in moved[tab["head"]]["info"]
+    back = attention_tab.redraw_heatmap(tab, ctx, key, 1, 1, False)
+    assert back[tab["layer"]]["info"] == attention_tab.INDEX_HINTS["layer"] and back[tab["layer"]]["elem_classes"] == []
+    assert attention_tab.fit_index(0.5, 2, "head") == (0, "head 0.5 is not a whole number: showing head 0")
+    assert attention_tab.fit_index(None, 2, "layer")[0] == 0
     # A result no longer kept (evicted, or the server restarted) asks to press the button again.
     gone = attention_tab.redraw_heatmap(tab, ctx, "no-such-key", 0, 0, False)[tab["heatmap"]]
     assert gone.layout.annotations[0].text == "Press Show attention"
