@@ -28,6 +28,7 @@ DEFAULT_TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
     "First Citizen:\nBefore we proceed any further, hear me speak."
 )
+NO_MAPS = "Pick a model and press Show attention"
 PROBE_REPEATS = 40  # random tokens in the induction probe (each appears twice), fewer when the window is shorter
 
 MAX_RESULTS = 4
@@ -145,8 +146,8 @@ def show_attention(
         result, message = compute_attention(ctx.runs_dir, choice, text)
     except Exception as e:  # never a stack trace in the browser
         result, message = None, f"⚠ Could not compute attention: {type(e).__name__}: {e}"
-    if result is None:
-        return {tab["note"]: message}
+    if result is None:  # nothing of an earlier text or model stays on show
+        return {tab["note"]: message, **cleared_maps(tab)}
     L, H = result.n_layer, result.n_head
     layer, layer_note = fit_index(layer, L, "layer")
     head, head_note = fit_index(head, H, "head")
@@ -160,6 +161,18 @@ def show_attention(
         tab["summary_note"]: summary_note(result, kind),
         tab["grid"]: grid_html(result, layer, head, average),
         tab["key"]: _remember(result),
+    }
+
+
+def cleared_maps(tab: Tab) -> dict[Any, Any]:
+    """Every map, chip and score emptied: what shows when there is no result."""
+    return {
+        tab["chips"]: "",
+        tab["heatmap"]: message_figure(NO_MAPS),
+        tab["summary"]: message_figure(""),
+        tab["summary_note"]: "",
+        tab["grid"]: "",
+        tab["key"]: None,
     }
 
 
@@ -239,9 +252,7 @@ def _layout_maps() -> dict[str, Any]:
                     0, 1, value=0, step=1, label="Head", info=INDEX_HINTS["head"], elem_id="attn-head"
                 )
                 c["average"] = gr.Checkbox(False, label="Average over heads", elem_id="attn-average")
-            c["heatmap"] = gr.Plot(
-                message_figure("Pick a model and press Show attention"), show_label=False, elem_id="attn-heatmap"
-            )
+            c["heatmap"] = gr.Plot(message_figure(NO_MAPS), show_label=False, elem_id="attn-heatmap")
         with gr.Column(scale=2):
             c["kind"] = gr.Radio(list(SUMMARIES), value=SUMMARIES[0], label="Per-head summary", elem_id="attn-kind")
             c["summary"] = gr.Plot(message_figure(""), show_label=False, elem_id="attn-summary")

@@ -523,7 +523,9 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
     after_edit = dict(preview, fn=bind(show_next_token_after_edit, tab, ctx), inputs=preview["inputs"][:-1])
     after_edit["outputs"] = [*preview["outputs"], tab["position"]]
     tab["model"].input(**preview)
-    tab["prompt"].input(**after_edit, trigger_mode="always_last", show_progress="hidden")
+    # .change, not .input: Gradio's Textbox fires input on key presses only, so Backspace, Delete, a paste or a cut
+    # would leave the view showing the old prompt.
+    tab["prompt"].change(**after_edit, trigger_mode="always_last", show_progress="hidden")
     # The sliders on .input (a person moved them), not .change: a value moved back into range changes nothing more.
     for name in ("temperature", "top_p"):
         tab[name].input(**preview, trigger_mode="always_last", show_progress="hidden")

@@ -318,6 +318,18 @@ def test_attention_redraws_the_kept_result(runs, attention):
     assert gone.layout.annotations[0].text == "Press Show attention"
 
 
+def test_no_result_clears_the_maps_of_the_last_one(attention):
+    shown = dict(
+        zip(attention_tab.SHOW_OUTPUTS, show_callback(attention, "micro-run", "one two", 0, 0, False, "Entropy"))
+    )
+    assert shown["grid"] and shown["key"] is not None
+    for text, model in (("  ", "micro-run"), ("one two", "gone-run")):
+        empty = dict(zip(attention_tab.SHOW_OUTPUTS, show_callback(attention, model, text, 0, 0, False, "Entropy")))
+        assert empty["note"].startswith("⚠") and empty["grid"] == "" and empty["chips"] == "" and empty["key"] is None
+        assert empty["heatmap"].layout.annotations[0].text == attention_tab.NO_MAPS and not empty["heatmap"].data
+        assert empty["summary_note"] == "" and not empty["summary"].data
+
+
 def test_induction_probe_fits_the_context_window(runs, attention):
     tab, ctx = attention
     probe = attention_tab.fill_induction_probe(tab, ctx, "micro-run", 7)
