@@ -310,12 +310,19 @@ def candidates_note(logits: torch.Tensor, cfg: SamplingConfig, tokens: list[int]
     return note
 
 
+# An edited prompt's view waits this long before it is computed. While it runs, Gradio holds back further edits of
+# the prompt and sends only the last one once it is done (trigger_mode "always_last"): typing or pasting long text
+# costs a few round trips and redraws (each of which touches every component's loading state in the browser),
+# not one per key.
+EDIT_SETTLE_S = 0.3
+
 # ----- callbacks: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------------------
 
 GENERATE_INPUTS = ("model", "prompt", "temperature", "top_k", "top_p", "max_new", "seed", "stop_text", "eot", "samples")
 GENERATE_OUTPUTS = ("output", "status", *FIELD_HINTS)
 NEXT_TOKEN_INPUTS = ("model", "prompt", *PREVIEW_FIELDS, "position")
 NEXT_TOKEN_OUTPUTS = ("chart", "chart_note", "chips", *PREVIEW_FIELDS)
+EDIT_OUTPUTS = ("chart", "chart_note", "chips", "position")  # after a prompt edit
 
 # Stop flags of running generations, per browser session. Stop sets the flag and the stream ends after its
 # current token with a final update; cancelling the Gradio event instead would race that update and flash
@@ -435,8 +442,12 @@ def show_next_token_after_edit(
     top_k: float | None,
     top_p: float | None,
 ) -> dict[Any, Any]:
-    """An edited prompt: the view goes back to the token after its end (a picked chip may no longer exist)."""
-    return {**show_next_token(tab, ctx, choice, text, temperature, top_k, top_p, -1), tab["position"]: -1}
+    """An edited prompt: the view goes back to the token after its end (a picked chip may no longer exist). It
+    is drawn EDIT_SETTLE_S after the edit, so that the keys typed meanwhile make one more update, not one each."""
+    time.sleep(EDIT_SETTLE_S)
+    view = show_next_token(tab, ctx, choice, text, temperature, top_k, top_p, -1)
+    # The setting fields are left alone (their messages follow their own edits): fewer components to redraw.
+    return {tab[name]: view[tab[name]] for name in EDIT_OUTPUTS if tab[name] in view} | {tab["position"]: -1}
 
 
 def pick_prompt_token(tab: Tab, ctx: AppContext, evt: gr.EventData) -> dict[Any, Any]:
@@ -520,8 +531,12 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
         outputs=[tab[n] for n in NEXT_TOKEN_OUTPUTS],
         preprocess=False,
     )
-    after_edit = dict(preview, fn=bind(show_next_token_after_edit, tab, ctx), inputs=preview["inputs"][:-1])
-    after_edit["outputs"] = [*preview["outputs"], tab["position"]]
+    after_edit = dict(
+        preview,
+        fn=bind(show_next_token_after_edit, tab, ctx),
+        inputs=preview["inputs"][:-1],
+        outputs=[tab[n] for n in EDIT_OUTPUTS],
+    )
     tab["model"].input(**preview)
     # .change, not .input: Gradio's Textbox fires input on key presses only, so Backspace, Delete, a paste or a cut
     # would leave the view showing the old prompt.

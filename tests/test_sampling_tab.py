@@ -278,6 +278,7 @@ def test_clicking_a_prompt_token_picks_its_position(sampling):
     # An edited prompt goes back to the token after its end.
     edited = sampling_tab.show_next_token_after_edit(tab, ctx, "micro-run", "The quick brown", 0.8, 5, 1.0)
     assert edited[tab["position"]] == -1 and "the end of the prompt" in edited[tab["chart_note"]]
+    assert set(edited) == {tab[name] for name in sampling_tab.EDIT_OUTPUTS}  # the setting fields are left alone
 
 
 # --- attention: redraws of a kept result, clicks on the grid, the induction probe ----------------------------------

@@ -139,20 +139,60 @@ def test_attention_layer_out_of_range_is_explained_under_the_slider(app_server, 
 
 # ----- item 3: long text typed key by key, or pasted, keeps the page responsive -------------------------------------
 
-TYPED_CHARS = 1200
+BURST_KEYS = 200  # keystrokes sent as fast as the page takes them
+TYPED_CHARS = 400  # keystrokes typed through Chromium's input pipeline
+
+# Types text key by key the way a browser does (keydown, keypress, the edit, input, keyup), yielding to the page
+# between keys, as fast as the page lets it: what a fast typist or a held key produces.
+BURST_JS = """async ([selector, text]) => {
+  const box = document.querySelector(selector);
+  box.focus();
+  for (const key of text) {
+    box.dispatchEvent(new KeyboardEvent('keydown', {key, bubbles: true}));
+    box.dispatchEvent(new KeyboardEvent('keypress', {key, charCode: key.charCodeAt(0), bubbles: true}));
+    box.value += key;
+    box.dispatchEvent(new InputEvent('input', {data: key, inputType: 'insertText', bubbles: true}));
+    box.dispatchEvent(new KeyboardEvent('keyup', {key, bubbles: true}));
+    await new Promise((resolve) => setTimeout(resolve, 0));
+  }
+}"""
 
 
-def _type_into(page, selector, text):
-    """Seconds to type text key by key into a textarea (replacing what it held), and seconds until the page runs a
-    script afterwards."""
+def _clear(page, selector):
     page.locator(selector).click()
     page.keyboard.press("Control+a")
     page.keyboard.press("Delete")
+
+
+def _burst(page, selector, text):
+    """Seconds to type text into an emptied textarea in one burst of keystrokes, and seconds until the page runs a
+    script afterwards."""
+    _clear(page, selector)
+    page.wait_for_timeout(1000)
     start = time.perf_counter()
-    page.keyboard.type(text, delay=0)
+    page.evaluate(BURST_JS, [selector, text])
     typed = time.perf_counter()
     page.evaluate("() => 1")
     return typed - start, time.perf_counter() - typed
+
+
+def _type_into(page, selector, text):
+    """Seconds until the page runs a script after text was typed key by key into an emptied textarea."""
+    _clear(page, selector)
+    page.keyboard.type(text, delay=0)
+    typed = time.perf_counter()
+    page.evaluate("() => 1")
+    return time.perf_counter() - typed
+
+
+def _paste(page, selector, text):
+    """Seconds from pasting text over a textarea's content until the page runs a script."""
+    page.locator(selector).click()
+    page.keyboard.press("Control+a")
+    start = time.perf_counter()
+    page.keyboard.insert_text(text)
+    page.evaluate("() => 1")
+    return time.perf_counter() - start
 
 
 def _wait_chips_end_with(page, last, timeout=30):
@@ -166,44 +206,43 @@ def test_typing_or_pasting_a_long_prompt_keeps_the_page_responsive(app_server, r
     url = app_server(runs_dir)
     _open_tab(page, url, "Sampling")
     page.locator("#sample-chart .js-plotly-plot").wait_for()
-    text = (TEXT * 100)[:TYPED_CHARS] + " window"
-    # The same page's Stop strings box has no live events: what typing costs in any Gradio textbox here.
-    baseline, _ = _type_into(page, "#sample-stop-text textarea", text)
+    calls = []
+    page.on("request", lambda r: calls.append(r.url) if "/queue/join" in r.url or "/run/" in r.url else None)
+    text = (TEXT * 10)[: BURST_KEYS - 6] + " burst"
+    # The Stop strings box has no live events: what a burst of keys costs in any Gradio textbox on this page.
+    baseline, _ = _burst(page, "#sample-stop-text textarea", text)
     page.locator("#sample-stop-text textarea").fill("")
-    typed, lag = _type_into(page, "#sample-prompt textarea", text)
+    before = len(calls)
+    typed, lag = _burst(page, "#sample-prompt textarea", text)
+    assert typed < 4 * baseline + 5, f"{BURST_KEYS} keys took {typed:.1f} s; {baseline:.1f} s in a box without events"
     assert lag < 1.0, f"the page answered {lag:.1f} s after the last keystroke"
-    assert typed < 1.5 * baseline + 5, f"typing took {typed:.0f} s; {baseline:.0f} s in a textbox without events"
-    _wait_chips_end_with(page, "␣window")  # the next-token view follows the final text
+    assert len(calls) - before <= BURST_KEYS // 10, f"{len(calls) - before} server calls for {BURST_KEYS} keys"
+    _wait_chips_end_with(page, "␣burst")  # the next-token view follows the final text
+
+    lag = _type_into(page, "#sample-prompt textarea", (TEXT * 10)[: TYPED_CHARS - 6] + " typed")
+    assert lag < 1.0, f"the page answered {lag:.1f} s after the last keystroke"
+    _wait_chips_end_with(page, "␣typed")
 
     # A paste of 20,000 characters is one edit: the page stays responsive and the view follows it.
-    page.locator("#sample-prompt textarea").click()
-    page.keyboard.press("Control+a")
-    start = time.perf_counter()
-    page.keyboard.insert_text((TEXT * 300)[:20_000] + " pasted")
-    page.evaluate("() => 1")
-    assert time.perf_counter() - start < 3.0
-    _wait_chips_end_with(page, "␣pasted")
+    assert _paste(page, "#sample-prompt textarea", (TEXT * 300)[:20_000] + " window") < 3.0
+    _wait_chips_end_with(page, "␣window")
     assert len(_chip_texts(page)) <= 200  # only the last tokens are drawn
-    t = time.perf_counter()
+    start = time.perf_counter()
     page.locator("#sample-stop-text textarea").click()
-    assert time.perf_counter() - t < 2.0
+    assert time.perf_counter() - start < 2.0
 
 
 def test_typing_or_pasting_a_long_attention_text_keeps_the_page_responsive(app_server, runs_dir, page):
     url = app_server(runs_dir)
     _open_tab(page, url, "Sampling")
-    text = (TEXT * 100)[:TYPED_CHARS]
-    baseline, _ = _type_into(page, "#sample-stop-text textarea", text)
+    text = (TEXT * 10)[:BURST_KEYS]
+    baseline, _ = _burst(page, "#sample-stop-text textarea", text)
     page.get_by_role("tab", name="Attention").click()
-    typed, lag = _type_into(page, "#attn-text textarea", text)
+    typed, lag = _burst(page, "#attn-text textarea", text)
+    assert typed < 4 * baseline + 5, f"{BURST_KEYS} keys took {typed:.1f} s; {baseline:.1f} s in a box without events"
     assert lag < 1.0, f"the page answered {lag:.1f} s after the last keystroke"
-    assert typed < 1.5 * baseline + 5, f"typing took {typed:.0f} s; {baseline:.0f} s in a textbox without events"
-    page.locator("#attn-text textarea").click()
-    page.keyboard.press("Control+a")
-    start = time.perf_counter()
-    page.keyboard.insert_text((TEXT * 300)[:20_000])
-    page.evaluate("() => 1")
-    assert time.perf_counter() - start < 3.0
+    assert _type_into(page, "#attn-text textarea", (TEXT * 10)[:TYPED_CHARS]) < 1.0
+    assert _paste(page, "#attn-text textarea", (TEXT * 300)[:20_000]) < 3.0
     page.locator("#attn-run").click()
     page.locator("#attn-note", has_text="only the first").wait_for()
 
