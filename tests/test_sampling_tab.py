@@ -20,7 +20,7 @@ from core.generation import SamplingConfig, filter_probs, generate, prompt_token
 from core.jobs import Jobs
 from core.model import GPT
 from core.tokenizer import decode, encode
-from playground import attention_tab, figures, sampling_tab
+from playground import attention_tab, figures, model_picker, sampling_tab
 from playground.app import build_ui
 from playground.model_cache import CACHE, ModelCache, ModelError, list_models, refresh_choices, resolve_choice
 from playground.model_picker import refresh_model_choices
@@ -365,6 +365,7 @@ def test_list_models_marks_training_and_imported_runs(tmp_path):
     _save(tmp_path, "gpt2-import", 0, imported=True, source="gpt2")
     labels = dict((v, label) for label, v in list_models(Jobs(tmp_path)))
     assert "training…" in labels["training"] and "imported from gpt2" in labels["gpt2-import"]
+    assert list_models(Jobs(tmp_path))[0][1] == "training"  # a run training now comes first, though not the newest
     assert "training…" not in labels["crashed"]
     # A still-training run is followed: its entry loads the newest checkpoint once one appears.
     cache = ModelCache(max_models=2)
@@ -391,13 +392,31 @@ def test_model_picker_lists_the_runs_of_the_apps_jobs(tmp_path):
     found = refresh_model_choices(tab, ctx, "gone-run")
     assert found[tab["model"]]["value"] == "late-run" and not found[tab["model_missing"]]["visible"]
     assert refresh_model_choices(tab, ctx, "late-run")[tab["model"]]["value"] == "late-run"
+    # Until the person picks one, the picker follows the newest model; on page load too.
+    time.sleep(0.02)
+    _save(ctx.runs_dir, "later-run", 1)
+    assert refresh_model_choices(tab, ctx, "late-run", False)[tab["model"]]["value"] == "later-run"
+    assert refresh_model_choices(tab, ctx, "late-run", True)[tab["model"]]["value"] == "late-run"
+    assert model_picker.show_newest_models(tab, ctx)[tab["model"]]["value"] == "later-run"
+    assert model_picker.mark_model_picked(tab, ctx) == {tab["model_picked"]: True}
 
 
-def test_models_load_when_sampling_or_attention_opens_never_on_page_load(tmp_path):
+def test_pickers_refresh_on_page_load_but_models_load_only_when_a_tab_opens(tmp_path):
     demo = build_ui(tmp_path / "runs")
-    events = [event for fn in demo.fns.values() if fn.name == "refresh_model_choices" for _, event in fn.targets]
-    # Each tab's ⟳ and its opening; the Sampling chart (which loads a model) is chained after the latter.
-    assert sorted(events) == ["click", "click", "select", "select"]
+    fns = list(demo.fns.values())
+
+    def events(name):
+        return sorted(event for fn in fns if fn.name == name for _, event in fn.targets)
+
+    # Each tab's ⟳ and its opening keep what was picked; a page load lists the models there are then.
+    assert events("refresh_model_choices") == ["click", "click", "select", "select"]
+    assert events("show_newest_models") == ["load", "load"]
+    # Nothing that loads a model runs on page load, nor after anything that does: the chart waits for the tab.
+    after_load = {fn._id for fn in fns if any(event == "load" for _, event in fn.targets)}
+    while more := {fn._id for fn in fns if fn.trigger_after in after_load} - after_load:
+        after_load |= more
+    names = {fn.name for fn in fns if fn._id in after_load}
+    assert "show_newest_models" in names and not names & {"show_next_token", "show_attention", "generate_samples"}
 
 
 def test_model_cache_is_lru_and_reloads_resaved_weights(tmp_path):
