@@ -21,7 +21,7 @@ from core.tokenizer import decode, encode
 from playground.figures import SUMMARIES, head_scores, heatmap_figure, message_figure, summary_figure
 from playground.html_render import GRID_CSS, GRID_JS, TOKEN_CHIPS_CSS, grid_html, token_chips_html
 from playground.model_cache import CACHE, ModelError
-from playground.model_picker import layout_model_picker, wire_model_picker
+from playground.model_picker import layout_model_picker, refresh_model_choices, wire_model_picker
 from playground.tab import AppContext, Tab, bind
 
 DEFAULT_TEXT = (
@@ -135,24 +135,39 @@ def compute_attention(
 # ----- callbacks: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------------------
 
 SHOW_INPUTS = ("model", "text", "layer", "head", "average", "kind")
-SHOW_OUTPUTS = ("note", "chips", "layer", "head", "heatmap", "summary", "summary_note", "grid", "key")
+SHOW_OUTPUTS = (
+    "note",
+    "model",
+    "model_missing",
+    "chips",
+    "layer",
+    "head",
+    "heatmap",
+    "summary",
+    "summary_note",
+    "grid",
+    "key",
+)
 
 
 def show_attention(
     tab: Tab, ctx: AppContext, choice: str | None, text: str | None, layer: Any, head: Any, average: bool, kind: str
 ) -> dict[Any, Any]:
-    """Compute the maps of the text and draw them all; the layer and head sliders fit the model."""
+    """Compute the maps of the text and draw them all; the layer and head sliders fit the model. The model list
+    is refreshed, so its label says what the maps are of."""
+    picker = refresh_model_choices(tab, ctx, choice)
     try:
         result, message = compute_attention(ctx.runs_dir, choice, text)
     except Exception as e:  # never a stack trace in the browser
         result, message = None, f"⚠ Could not compute attention: {type(e).__name__}: {e}"
     if result is None:  # nothing of an earlier text or model stays on show
-        return {tab["note"]: message, **cleared_maps(tab)}
+        return {tab["note"]: message, **picker, **cleared_maps(tab)}
     L, H = result.n_layer, result.n_head
     layer, layer_note = fit_index(layer, L, "layer")
     head, head_note = fit_index(head, H, "head")
     return {
         tab["note"]: message,
+        **picker,
         tab["chips"]: token_chips_html(result),
         tab["layer"]: _index_state("layer", layer, layer_note, maximum=max(L - 1, 1), interactive=L > 1),
         tab["head"]: _index_state("head", head, head_note, maximum=max(H - 1, 1), interactive=H > 1),

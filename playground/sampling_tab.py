@@ -32,7 +32,7 @@ from playground.html_render import (
     samples_html,
 )
 from playground.model_cache import CACHE, LoadedModel, ModelError
-from playground.model_picker import layout_model_picker, wire_model_picker
+from playground.model_picker import layout_model_picker, refresh_model_choices, wire_model_picker
 from playground.tab import AppContext, OnOpen, Tab, bind
 
 DEFAULT_PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?\n"
@@ -319,7 +319,7 @@ EDIT_SETTLE_S = 0.3
 # ----- callbacks: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------------------
 
 GENERATE_INPUTS = ("model", "prompt", "temperature", "top_k", "top_p", "max_new", "seed", "stop_text", "eot", "samples")
-GENERATE_OUTPUTS = ("output", "status", *FIELD_HINTS)
+GENERATE_OUTPUTS = ("output", "status", *FIELD_HINTS, "model", "model_missing")
 NEXT_TOKEN_INPUTS = ("model", "prompt", *PREVIEW_FIELDS, "position")
 NEXT_TOKEN_OUTPUTS = ("chart", "chart_note", "chips", *PREVIEW_FIELDS)
 EDIT_OUTPUTS = ("chart", "chart_note", "chips", "position")  # after a prompt edit
@@ -354,7 +354,8 @@ def generate_samples(
     request: gr.Request | None = None,
 ) -> Iterator[dict[Any, Any]]:
     """The Generate button: streams the samples and a status line. A bad value gets its message under its field
-    and nothing is generated (the samples shown stay); a slider value out of range is moved into it."""
+    and nothing is generated (the samples shown stay); a slider value out of range is moved into it. The model
+    list is refreshed, so its label says what is generated from (the step now, whether the run still trains)."""
     session = _session(request)
     flag = _STOP_FLAGS[session] = threading.Event()
     output, status, names = tab["output"], tab["status"], tuple(FIELD_HINTS)
@@ -367,7 +368,7 @@ def generate_samples(
     except ConfigError as e:
         yield {status: f"⚠ {e}: fix the highlighted field, then press Generate.", **_fields(tab, names, e, notes, v)}
         return
-    fields = _fields(tab, names, None, notes, v)
+    fields = {**_fields(tab, names, None, notes, v), **refresh_model_choices(tab, ctx, choice)}
     try:
         loaded = CACHE.get(ctx.runs_dir, choice)
         yield {output: EMPTY_SAMPLES, status: "Starting…", **fields}

@@ -344,6 +344,19 @@ def test_induction_probe_fits_the_context_window(runs, attention):
 # --- model list and cache ------------------------------------------------------------------------
 
 
+def test_generate_and_show_attention_refresh_the_model_labels(tmp_path):
+    _save(tmp_path, "run", 40)
+    (sampling, ctx), (attention, _) = _built(tmp_path, sampling_tab), _built(tmp_path, attention_tab)
+    assert sampling["model"].choices[0][0].startswith("run · latest (step 40)")
+    _save(tmp_path, "run", 300)  # the run saved again since the page was loaded
+    outs = list(sampling_tab.generate_samples(sampling, ctx, "run", "x", 1.0, 0, 1.0, 2, 1, "", True, 1))
+    assert outs[-1][sampling["status"]].startswith("Done") and "step 300" in outs[-1][sampling["status"]]
+    picker = next(out[sampling["model"]] for out in outs if sampling["model"] in out)
+    assert picker["value"] == "run" and picker["choices"][0][0].startswith("run · latest (step 300)")
+    shown = attention_tab.show_attention(attention, ctx, "run", "some text", 0, 0, False, "Entropy")
+    assert shown[attention["model"]]["choices"][0][0].startswith("run · latest (step 300)")
+
+
 def test_list_models_offers_runs_with_weights(runs):
     choices = list_models(Jobs(runs))
     values = [v for _, v in choices]
