@@ -8,6 +8,7 @@ result is kept server-side under a key, so moving a slider only redraws.
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ from core.tokenizer import decode, encode
 from playground.figures import SUMMARIES, head_scores, heatmap_figure, message_figure, summary_figure
 from playground.html_render import GRID_CSS, GRID_JS, TOKEN_CHIPS_CSS, grid_html, token_chips_html
 from playground.model_cache import CACHE, ModelError
-from playground.model_picker import layout_model_picker, wire_model_picker
+from playground.model_picker import layout_model_picker, refresh_model_choices, wire_model_picker
 from playground.tab import AppContext, Tab, bind
 
 DEFAULT_TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
     "First Citizen:\nBefore we proceed any further, hear me speak."
 )
+NO_MAPS = "Pick a model and press Show attention"
 PROBE_REPEATS = 40  # random tokens in the induction probe (each appears twice), fewer when the window is shorter
 
 MAX_RESULTS = 4
@@ -42,6 +44,33 @@ HIGHLIGHT_JS = """
   return [key, layer, head, average];
 }
 """
+
+
+# The hints under the Layer and Head sliders; a note about a moved value replaces them (in red) until the next one.
+INDEX_HINTS = {"layer": "0 = the layer nearest the input", "head": "a head of that layer, from 0"}
+
+
+def fit_index(value: Any, count: int, what: str) -> tuple[int, str | None]:
+    """A layer or head number moved into 0 … count-1 (Gradio would refuse a number beyond the slider with a toast
+    naming no field), and a note saying why when it moved."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        return 0, f"{what} must be a whole number from 0 to {count - 1}: showing {what} 0"
+    fitted = min(max(round(number), 0), count - 1)
+    if fitted == number:
+        return fitted, None
+    if 0 <= number <= count - 1:
+        return fitted, f"{what} {number:g} is not a whole number: showing {what} {fitted}"
+    return fitted, f"there is no {what} {number:g}: this model has {what}s 0 … {count - 1}; showing {what} {fitted}"
+
+
+def _index_state(name: str, value: int, note: str | None, **props: Any) -> dict[str, Any]:
+    if note:
+        return gr.update(value=value, info=f"⚠ {note}", elem_classes=["field-error"], **props)
+    return gr.update(value=value, info=INDEX_HINTS[name], elem_classes=[], **props)
 
 
 def _remember(result: AttentionResult) -> str:
@@ -106,26 +135,42 @@ def compute_attention(
 # ----- callbacks: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------------------
 
 SHOW_INPUTS = ("model", "text", "layer", "head", "average", "kind")
-SHOW_OUTPUTS = ("note", "chips", "layer", "head", "heatmap", "summary", "summary_note", "grid", "key")
+SHOW_OUTPUTS = (
+    "note",
+    "model",
+    "model_missing",
+    "chips",
+    "layer",
+    "head",
+    "heatmap",
+    "summary",
+    "summary_note",
+    "grid",
+    "key",
+)
 
 
 def show_attention(
-    tab: Tab, ctx: AppContext, choice: str | None, text: str | None, layer: int, head: int, average: bool, kind: str
+    tab: Tab, ctx: AppContext, choice: str | None, text: str | None, layer: Any, head: Any, average: bool, kind: str
 ) -> dict[Any, Any]:
-    """Compute the maps of the text and draw them all; the layer and head sliders fit the model."""
+    """Compute the maps of the text and draw them all; the layer and head sliders fit the model. The model list
+    is refreshed, so its label says what the maps are of."""
+    picker = refresh_model_choices(tab, ctx, choice)
     try:
         result, message = compute_attention(ctx.runs_dir, choice, text)
     except Exception as e:  # never a stack trace in the browser
         result, message = None, f"⚠ Could not compute attention: {type(e).__name__}: {e}"
-    if result is None:
-        return {tab["note"]: message}
+    if result is None:  # nothing of an earlier text or model stays on show
+        return {tab["note"]: message, **picker, **cleared_maps(tab)}
     L, H = result.n_layer, result.n_head
-    layer, head = min(int(layer), L - 1), min(int(head), H - 1)
+    layer, layer_note = fit_index(layer, L, "layer")
+    head, head_note = fit_index(head, H, "head")
     return {
         tab["note"]: message,
+        **picker,
         tab["chips"]: token_chips_html(result),
-        tab["layer"]: gr.update(maximum=max(L - 1, 1), value=layer, interactive=L > 1),
-        tab["head"]: gr.update(maximum=max(H - 1, 1), value=head, interactive=H > 1),
+        tab["layer"]: _index_state("layer", layer, layer_note, maximum=max(L - 1, 1), interactive=L > 1),
+        tab["head"]: _index_state("head", head, head_note, maximum=max(H - 1, 1), interactive=H > 1),
         tab["heatmap"]: heatmap_figure(result, layer, head, average),
         tab["summary"]: summary_figure(result, kind),
         tab["summary_note"]: summary_note(result, kind),
@@ -134,12 +179,31 @@ def show_attention(
     }
 
 
-def redraw_heatmap(tab: Tab, ctx: AppContext, key: str | None, layer: int, head: int, average: bool) -> dict[Any, Any]:
-    """Another layer or head (or the average) of the text already computed."""
+def cleared_maps(tab: Tab) -> dict[Any, Any]:
+    """Every map, chip and score emptied: what shows when there is no result."""
+    return {
+        tab["chips"]: "",
+        tab["heatmap"]: message_figure(NO_MAPS),
+        tab["summary"]: message_figure(""),
+        tab["summary_note"]: "",
+        tab["grid"]: "",
+        tab["key"]: None,
+    }
+
+
+def redraw_heatmap(tab: Tab, ctx: AppContext, key: str | None, layer: Any, head: Any, average: bool) -> dict[Any, Any]:
+    """Another layer or head (or the average) of the text already computed; a number the model does not have is
+    moved to the nearest one, with a note under its slider."""
     result = _recall(key)
     if result is None:
         return {tab["heatmap"]: message_figure("Press Show attention")}
-    return {tab["heatmap"]: heatmap_figure(result, layer, head, average)}
+    layer, layer_note = fit_index(layer, result.n_layer, "layer")
+    head, head_note = fit_index(head, result.n_head, "head")
+    return {
+        tab["heatmap"]: heatmap_figure(result, layer, head, average),
+        tab["layer"]: _index_state("layer", layer, layer_note),
+        tab["head"]: _index_state("head", head, head_note),
+    }
 
 
 def redraw_summary(tab: Tab, ctx: AppContext, key: str | None, kind: str) -> dict[Any, Any]:
@@ -196,12 +260,14 @@ def _layout_maps() -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Row():
-                c["layer"] = gr.Slider(0, 1, value=0, step=1, label="Layer", elem_id="attn-layer")
-                c["head"] = gr.Slider(0, 1, value=0, step=1, label="Head", elem_id="attn-head")
+                c["layer"] = gr.Slider(
+                    0, 1, value=0, step=1, label="Layer", info=INDEX_HINTS["layer"], elem_id="attn-layer"
+                )
+                c["head"] = gr.Slider(
+                    0, 1, value=0, step=1, label="Head", info=INDEX_HINTS["head"], elem_id="attn-head"
+                )
                 c["average"] = gr.Checkbox(False, label="Average over heads", elem_id="attn-average")
-            c["heatmap"] = gr.Plot(
-                message_figure("Pick a model and press Show attention"), show_label=False, elem_id="attn-heatmap"
-            )
+            c["heatmap"] = gr.Plot(message_figure(NO_MAPS), show_label=False, elem_id="attn-heatmap")
         with gr.Column(scale=2):
             c["kind"] = gr.Radio(list(SUMMARIES), value=SUMMARIES[0], label="Per-head summary", elem_id="attn-kind")
             c["summary"] = gr.Plot(message_figure(""), show_label=False, elem_id="attn-summary")
@@ -212,19 +278,26 @@ def _layout_maps() -> dict[str, Any]:
 
 
 def _wire(tab: Tab, ctx: AppContext) -> None:
-    show = bind(show_attention, tab, ctx)
-    inputs, outputs = [tab[n] for n in SHOW_INPUTS], [tab[n] for n in SHOW_OUTPUTS]
-    tab["show_btn"].click(show, inputs, outputs)
-    tab["text"].submit(show, inputs, outputs)
-    tab["model"].input(show, inputs, outputs)
+    # preprocess=False wherever the sliders are read: the callbacks fit their numbers to the model (fit_index), so
+    # a layer the model does not have gets a note under its slider, never Gradio's toast and an "Error" heatmap.
+    show = dict(
+        fn=bind(show_attention, tab, ctx),
+        inputs=[tab[n] for n in SHOW_INPUTS],
+        outputs=[tab[n] for n in SHOW_OUTPUTS],
+        preprocess=False,
+    )
+    tab["show_btn"].click(**show)
+    tab["text"].submit(**show)
+    tab["model"].input(**show)
     tab["probe_btn"].click(
         bind(fill_induction_probe, tab, ctx), [tab["model"], tab["probe_seed"]], [tab["text"], tab["probe_seed"]]
-    ).then(show, inputs, outputs)
+    ).then(**show)
     view = [tab["key"], tab["layer"], tab["head"], tab["average"]]
+    redraw = [tab["heatmap"], tab["layer"], tab["head"]]
     for name in ("layer", "head", "average"):
         tab[name].input(
-            bind(redraw_heatmap, tab, ctx), view, tab["heatmap"], js=HIGHLIGHT_JS, trigger_mode="always_last"
-        )
+            bind(redraw_heatmap, tab, ctx), view, redraw, js=HIGHLIGHT_JS, trigger_mode="always_last", preprocess=False
+        ).then(None, view, None, js=HIGHLIGHT_JS)  # the outline follows a number moved into range
     tab["kind"].change(bind(redraw_summary, tab, ctx), [tab["key"], tab["kind"]], [tab["summary"], tab["summary_note"]])
     tab["grid"].click(
         bind(open_clicked_head, tab, ctx), tab["key"], [tab["layer"], tab["head"], tab["average"], tab["heatmap"]]

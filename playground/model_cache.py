@@ -60,8 +60,9 @@ def _step_of(ckpt: Path) -> int:
 
 
 def list_models(jobs: Jobs) -> list[tuple[str, str]]:
-    """(label, value) pairs for a dropdown: every run of jobs' runs folder with weights, newest first; for each
-    its latest checkpoint (followed while the run trains), then its older checkpoints."""
+    """(label, value) pairs for a dropdown: every run of jobs' runs folder with weights, the ones training now
+    first, then newest first; for each its latest checkpoint (followed while the run trains), then its older
+    checkpoints. Labels say what is true now: call again after a run saved or stopped."""
     root = jobs.runs_dir
     if not root.is_dir():
         return []
@@ -71,9 +72,10 @@ def list_models(jobs: Jobs) -> list[tuple[str, str]]:
             continue
         ckpts = [c for c in list_checkpoints(run) if (c / MODEL_FILE).is_file()]
         if ckpts:
-            runs.append((max((c / MODEL_FILE).stat().st_mtime for c in ckpts), run, ckpts))
+            newest = max((c / MODEL_FILE).stat().st_mtime for c in ckpts)
+            runs.append((_training(jobs, run.name), newest, run, ckpts))
     choices = []
-    for _, run, ckpts in sorted(runs, key=lambda r: r[0], reverse=True):
+    for training, _, run, ckpts in sorted(runs, key=lambda r: r[:2], reverse=True):
         try:
             state = read_state(ckpts[-1])
         except CheckpointError:
@@ -82,8 +84,7 @@ def list_models(jobs: Jobs) -> list[tuple[str, str]]:
         if state.get("imported"):
             what = f"imported from {state.get('source', 'Hugging Face')}"
         else:
-            training = ", training…" if _training(jobs, run.name) else ""
-            what = f"latest (step {_step_of(ckpts[-1])}{training})"
+            what = f"latest (step {_step_of(ckpts[-1])}{', training…' if training else ''})"
         choices.append((f"{run.name} · {what} · {size}", run.name))
         for c in reversed(ckpts[:-1]):
             choices.append((f"{run.name} · step {_step_of(c)}", f"{run.name}/ckpt/{c.name}"))

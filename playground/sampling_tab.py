@@ -7,6 +7,7 @@ and prompt chips by playground.html_render).
 from __future__ import annotations
 
 import html
+import math
 import secrets
 import threading
 import time
@@ -18,10 +19,10 @@ import gradio as gr
 import torch
 
 from core.attention import token_label
-from core.config import GPT2_VOCAB_SIZE
+from core.config import GPT2_VOCAB_SIZE, ConfigError
 from core.generation import MAX_SAMPLES, SamplingConfig, filter_probs, prefill, prompt_tokens, stream, window_keep
 from core.lru import LRU
-from playground.figures import candidates_figure
+from playground.figures import candidates_figure, message_figure
 from playground.html_render import (
     EMPTY_SAMPLES,
     PROMPT_CHIPS_CSS,
@@ -31,7 +32,7 @@ from playground.html_render import (
     samples_html,
 )
 from playground.model_cache import CACHE, LoadedModel, ModelError
-from playground.model_picker import layout_model_picker, wire_model_picker
+from playground.model_picker import layout_model_picker, refresh_model_choices, wire_model_picker
 from playground.tab import AppContext, OnOpen, Tab, bind
 
 DEFAULT_PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?\n"
@@ -49,16 +50,83 @@ def parse_stop(text: str | None) -> tuple[str, ...]:
     return tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in lines if s.strip())
 
 
-def _int(value, name: str, default: int | None = None) -> int | None:
+# The hint under each number field; a message about its value replaces it (in red) until the value is fixed.
+FIELD_HINTS = {
+    "temperature": "0 = greedy (always the most likely token); higher = more random",
+    "top_k": f"keep the k most likely; 0 = off (1 … {GPT2_VOCAB_SIZE})",
+    "top_p": "keep the most likely tokens up to this much probability; 1 = off",
+    "max_new": f"1 … {MAX_UI_NEW_TOKENS}",
+    "samples": f"1 … {MAX_UI_SAMPLES}, generated as one batch",
+    "seed": "Same seed → same text. Empty: a new random seed each run.",
+}
+PREVIEW_FIELDS = ("temperature", "top_k", "top_p")  # the fields the next-token view reads
+
+
+@dataclass(frozen=True)
+class SliderRange:
+    label: str
+    minimum: float
+    maximum: float
+    step: float
+    default: float
+
+
+# Gradio refuses a slider value outside its range with a toast naming no field, before any callback runs. The
+# events here skip that check (preprocess=False) and move such a value to the slider's end, saying so under it.
+SLIDERS = {
+    "temperature": SliderRange("temperature", 0, 2, 0.05, 0.8),
+    "top_p": SliderRange("top-p", 0.01, 1, 0.01, 1.0),
+    "max_new": SliderRange("max new tokens", 1, MAX_UI_NEW_TOKENS, 1, 200),
+    "samples": SliderRange("number of samples", 1, MAX_UI_SAMPLES, 1, 1),
+}
+
+
+def fit_slider(name: str, value: Any) -> tuple[float, str | None]:
+    """The value of slider `name` moved into its range (whole numbers for a step of 1), and a note when it moved."""
+    r = SLIDERS[name]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        return r.default, f"{r.label} must be a number from {r.minimum:g} to {r.maximum:g}: set to {r.default:g}"
+    fitted = min(max(number, r.minimum), r.maximum)
+    if r.step == 1:
+        fitted = round(fitted)
+    if fitted == number:
+        return fitted, None
+    why = "is not a whole number" if r.minimum <= number <= r.maximum else f"is outside {r.minimum:g} … {r.maximum:g}"
+    return fitted, f"{r.label} {number:g} {why}: set to {fitted:g}"
+
+
+def fit_sliders(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The form's values with every slider's moved into its range, and the notes {field: why it moved}."""
+    fitted, notes = dict(values), {}
+    for name in SLIDERS.keys() & values.keys():
+        fitted[name], note = fit_slider(name, values[name])
+        if note:
+            notes[name] = note
+    return fitted, notes
+
+
+def _int(value: Any, name: str, field: str, default: int | None = None) -> int | None:
     if value is None or value == "":
         return default
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
-    if number != int(number):
-        raise ValueError(f"{name} must be a whole number, got {value}")
+        raise ConfigError(f"{name} must be a whole number, got {value!r}", field=field) from None
+    if not math.isfinite(number) or number != int(number):
+        raise ConfigError(f"{name} must be a whole number, got {value}", field=field)
     return int(number)
+
+
+def _float(value: Any, name: str, field: str) -> float | None:
+    try:
+        number = None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}", field=field) from None
+    return number if number is None or math.isfinite(number) else None
 
 
 def build_config(
@@ -72,34 +140,58 @@ def build_config(
     num_samples: float | None,
 ) -> SamplingConfig:
     """The SamplingConfig for the form's values (UI conventions: top-k 0 = off, temperature 0 = greedy,
-    empty seed = a fresh random one). Raises ValueError with a message for the user."""
-    k = _int(top_k, "top-k", 0)
+    empty seed = a fresh random one). Raises ConfigError (a ValueError) whose `field` names the form field
+    (a key of FIELD_HINTS) and whose message is for the user."""
+    k = _int(top_k, "top-k", "top_k", 0)
     if k is None or not 0 <= k <= GPT2_VOCAB_SIZE:
-        raise ValueError(f"top-k must be between 0 (off) and {GPT2_VOCAB_SIZE}, got {top_k}")
-    n = _int(num_samples, "number of samples", 1)
+        raise ConfigError(f"top-k must be between 0 (off) and {GPT2_VOCAB_SIZE}, got {top_k}", field="top_k")
+    n = _int(num_samples, "number of samples", "samples", 1)
     if not 1 <= n <= MAX_UI_SAMPLES:
-        raise ValueError(f"number of samples must be between 1 and {MAX_UI_SAMPLES}, got {num_samples}")
-    new = _int(max_new_tokens, "max new tokens")
+        raise ConfigError(f"number of samples must be between 1 and {MAX_UI_SAMPLES}, got {num_samples}", "samples")
+    new = _int(max_new_tokens, "max new tokens", "max_new")
     if new is None or not 1 <= new <= MAX_UI_NEW_TOKENS:
-        raise ValueError(f"max new tokens must be between 1 and {MAX_UI_NEW_TOKENS}, got {max_new_tokens}")
-    if temperature is None or temperature < 0:
-        raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
-    if top_p is None or not 0 < top_p <= 1:
-        raise ValueError(f"top-p must be in (0, 1] (1 = off), got {top_p}")
-    seed_value = _int(seed, "seed")
-    if seed_value is not None and seed_value < 0:
-        raise ValueError(f"seed must be 0 or more (or empty for a random one), got {seed}")
+        message = f"max new tokens must be between 1 and {MAX_UI_NEW_TOKENS}, got {max_new_tokens}"
+        raise ConfigError(message, field="max_new")
+    t = _float(temperature, "temperature", "temperature")
+    if t is None or t < 0:
+        raise ConfigError(f"temperature must be 0 (greedy) or more, got {temperature}", field="temperature")
+    p = _float(top_p, "top-p", "top_p")
+    if p is None or not 0 < p <= 1:
+        raise ConfigError(f"top-p must be in (0, 1] (1 = off), got {top_p}", field="top_p")
+    seed_value = _int(seed, "seed", "seed")
+    if seed_value is not None and not 0 <= seed_value < 2**63:
+        raise ConfigError(f"seed must be 0 or more (or empty for a random one), got {seed}", field="seed")
     cfg = SamplingConfig(
         max_new_tokens=new,
-        temperature=float(temperature),
+        temperature=t,
         top_k=k or None,
-        top_p=float(top_p),
+        top_p=p,
         seed=secrets.randbelow(2**31) if seed_value is None else seed_value,
         stop=parse_stop(stop),
         stop_at_eot=bool(stop_at_eot),
         num_samples=min(n, MAX_SAMPLES),
     )
     return cfg.validate()
+
+
+def field_states(
+    names: tuple[str, ...],
+    error: Exception | None = None,
+    notes: dict[str, str] | None = None,
+    fitted: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """{field: update} for the named fields: the error's message under its field and each slider note under its
+    slider, with the slider's fitted value (in red); every other field's hint back."""
+    bad, notes, fitted = getattr(error, "field", None), notes or {}, fitted or {}
+    states = {}
+    for name in names:
+        if name == bad:
+            states[name] = gr.update(info=f"⚠ {error}", elem_classes=["field-error"])
+        elif name in notes:
+            states[name] = gr.update(value=fitted[name], info=f"⚠ {notes[name]}", elem_classes=["field-error"])
+        else:
+            states[name] = gr.update(info=FIELD_HINTS[name], elem_classes=[])
+    return states
 
 
 def config_notes(cfg: SamplingConfig) -> list[str]:
@@ -218,11 +310,19 @@ def candidates_note(logits: torch.Tensor, cfg: SamplingConfig, tokens: list[int]
     return note
 
 
+# An edited prompt's view waits this long before it is computed. While it runs, Gradio holds back further edits of
+# the prompt and sends only the last one once it is done (trigger_mode "always_last"): typing or pasting long text
+# costs a few round trips and redraws (each of which touches every component's loading state in the browser),
+# not one per key.
+EDIT_SETTLE_S = 0.3
+
 # ----- callbacks: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------------------
 
 GENERATE_INPUTS = ("model", "prompt", "temperature", "top_k", "top_p", "max_new", "seed", "stop_text", "eot", "samples")
-NEXT_TOKEN_INPUTS = ("model", "prompt", "temperature", "top_k", "top_p", "position")
-NEXT_TOKEN_OUTPUTS = ("chart", "chart_note", "chips")
+GENERATE_OUTPUTS = ("output", "status", *FIELD_HINTS, "model", "model_missing")
+NEXT_TOKEN_INPUTS = ("model", "prompt", *PREVIEW_FIELDS, "position")
+NEXT_TOKEN_OUTPUTS = ("chart", "chart_note", "chips", *PREVIEW_FIELDS)
+EDIT_OUTPUTS = ("chart", "chart_note", "chips", "position")  # after a prompt edit
 
 # Stop flags of running generations, per browser session. Stop sets the flag and the stream ends after its
 # current token with a final update; cancelling the Gradio event instead would race that update and flash
@@ -232,6 +332,10 @@ _STOP_FLAGS: dict[str, threading.Event] = {}
 
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "local"
+
+
+def _fields(tab: Tab, names: tuple[str, ...], *args: Any) -> dict[Any, Any]:
+    return {tab[name]: update for name, update in field_states(names, *args).items()}
 
 
 def generate_samples(
@@ -249,18 +353,29 @@ def generate_samples(
     samples: float | None,
     request: gr.Request | None = None,
 ) -> Iterator[dict[Any, Any]]:
-    """The Generate button: streams the samples and a status line; bad input becomes a message in the status."""
+    """The Generate button: streams the samples and a status line. A bad value gets its message under its field
+    and nothing is generated (the samples shown stay); a slider value out of range is moved into it. The model
+    list is refreshed, so its label says what is generated from (the step now, whether the run still trains)."""
     session = _session(request)
     flag = _STOP_FLAGS[session] = threading.Event()
-    output, status = tab["output"], tab["status"]
+    output, status, names = tab["output"], tab["status"], tuple(FIELD_HINTS)
+    form = dict(temperature=temperature, top_k=top_k, top_p=top_p, max_new=max_new, seed=seed, samples=samples)
+    v, notes = fit_sliders(form)
     try:
-        cfg = build_config(temperature, top_k, top_p, max_new, seed, stop_text, stop_at_eot, samples)
+        cfg = build_config(
+            v["temperature"], v["top_k"], v["top_p"], v["max_new"], v["seed"], stop_text, stop_at_eot, v["samples"]
+        )
+    except ConfigError as e:
+        yield {status: f"⚠ {e}: fix the highlighted field, then press Generate.", **_fields(tab, names, e, notes, v)}
+        return
+    fields = {**_fields(tab, names, None, notes, v), **refresh_model_choices(tab, ctx, choice)}
+    try:
         loaded = CACHE.get(ctx.runs_dir, choice)
-        yield {output: EMPTY_SAMPLES, status: "Starting…"}
+        yield {output: EMPTY_SAMPLES, status: "Starting…", **fields}
         for shown in run_generation(loaded, text or "", cfg, stop_requested=flag.is_set):
             yield {output: shown.html, status: shown.status}
-    except (ValueError, ModelError) as e:
-        yield {status: f"⚠ {e}"}
+    except ModelError as e:
+        yield {status: f"⚠ {e}", **fields}
     except Exception as e:  # never a stack trace in the browser
         yield {status: f"⚠ generation failed: {type(e).__name__}: {e}"}
     finally:
@@ -285,32 +400,55 @@ def show_next_token(
     top_p: float | None,
     pos: int | None,
 ) -> dict[Any, Any]:
-    """The next-token view: bars, note and prompt chips for the token after position pos (-1 = the last one)."""
+    """The next-token view: bars, note and prompt chips for the token after position pos (-1 = the last one).
+    A bad temperature, top-k or top-p gets its message under its field, and the chart says to fix it."""
+    v, notes = fit_sliders(dict(temperature=temperature, top_k=top_k, top_p=top_p))
     try:
-        cfg = build_config(temperature, top_k, top_p, 1, 0, "", True, 1)
+        cfg = build_config(v["temperature"], v["top_k"], v["top_p"], 1, 0, "", True, 1)
+    except ConfigError as e:
+        return {
+            tab["chart"]: message_figure("Fix the highlighted setting"),
+            tab["chart_note"]: f"⚠ {e}",
+            **_fields(tab, PREVIEW_FIELDS, e, notes, v),
+        }
+    shown = _fields(tab, PREVIEW_FIELDS, None, notes, v)
+    try:
         loaded = CACHE.get(ctx.runs_dir, choice)
         tokens = prompt_tokens(text or "")
-        pos = len(tokens) - 1 if pos is None or not 0 <= pos < len(tokens) else pos
+        pos = len(tokens) - 1 if pos is None or not 0 <= pos < len(tokens) else int(pos)
         logits = next_token_logits(loaded, tokens[: pos + 1])
         actual = tokens[pos + 1] if pos + 1 < len(tokens) else None
         note = candidates_note(logits, cfg, tokens, pos, loaded.config.block_size)
         extra = config_notes(cfg)
         if extra:
             note += "  \n" + "; ".join(extra).capitalize() + "."
-    except (ValueError, ModelError) as e:
-        return {tab["chart_note"]: f"⚠ {e}"}
+    except ModelError as e:
+        return {tab["chart_note"]: f"⚠ {e}", **shown}
     except Exception as e:  # never a stack trace in the browser
-        return {tab["chart_note"]: f"⚠ next-token view failed: {type(e).__name__}: {e}"}
+        return {tab["chart_note"]: f"⚠ next-token view failed: {type(e).__name__}: {e}", **shown}
     return {
+        **shown,
         tab["chart"]: candidates_figure(logits, cfg, actual),
         tab["chart_note"]: note,
         tab["chips"]: prompt_chips_html(tokens, pos),
     }
 
 
-def forget_picked_token(tab: Tab, ctx: AppContext) -> dict[Any, Any]:
-    """An edited prompt: the chart goes back to the token after its end."""
-    return {tab["position"]: -1}
+def show_next_token_after_edit(
+    tab: Tab,
+    ctx: AppContext,
+    choice: str | None,
+    text: str | None,
+    temperature: float | None,
+    top_k: float | None,
+    top_p: float | None,
+) -> dict[Any, Any]:
+    """An edited prompt: the view goes back to the token after its end (a picked chip may no longer exist). It
+    is drawn EDIT_SETTLE_S after the edit, so that the keys typed meanwhile make one more update, not one each."""
+    time.sleep(EDIT_SETTLE_S)
+    view = show_next_token(tab, ctx, choice, text, temperature, top_k, top_p, -1)
+    # The setting fields are left alone (their messages follow their own edits): fewer components to redraw.
+    return {tab[name]: view[tab[name]] for name in EDIT_OUTPUTS if tab[name] in view} | {tab["position"]: -1}
 
 
 def pick_prompt_token(tab: Tab, ctx: AppContext, evt: gr.EventData) -> dict[Any, Any]:
@@ -319,6 +457,13 @@ def pick_prompt_token(tab: Tab, ctx: AppContext, evt: gr.EventData) -> dict[Any,
 
 
 # ----- layout and wiring --------------------------------------------------------------------------------------------
+
+
+def _slider(name: str, label: str, elem_id: str) -> gr.Slider:
+    r = SLIDERS[name]
+    return gr.Slider(
+        r.minimum, r.maximum, value=r.default, step=r.step, label=label, elem_id=elem_id, info=FIELD_HINTS[name]
+    )
 
 
 def _layout_generation() -> dict[str, Any]:
@@ -333,19 +478,11 @@ def _layout_generation() -> dict[str, Any]:
         info="Empty starts from <|endoftext|>. Longer than the context window is fine.",
     )
     with gr.Row():
-        c["max_new"] = gr.Slider(
-            1, MAX_UI_NEW_TOKENS, value=200, step=1, label="Max new tokens", elem_id="sample-max-new"
-        )
-        c["samples"] = gr.Slider(1, MAX_UI_SAMPLES, value=1, step=1, label="Number of samples", elem_id="sample-n")
+        c["max_new"] = _slider("max_new", "Max new tokens", "sample-max-new")
+        c["samples"] = _slider("samples", "Number of samples", "sample-n")
     with gr.Row():
-        c["seed"] = gr.Number(
-            1337,
-            label="Seed",
-            precision=0,
-            minimum=0,
-            elem_id="sample-seed",
-            info="Same seed → same text. Empty: a new random seed each run.",
-        )
+        # No minimum here: Gradio would refuse -5 with a toast naming no field; build_config says what is wrong.
+        c["seed"] = gr.Number(1337, label="Seed", precision=0, elem_id="sample-seed", info=FIELD_HINTS["seed"])
         c["stop_text"] = gr.Textbox(
             "",
             label="Stop strings",
@@ -367,33 +504,9 @@ def _layout_generation() -> dict[str, Any]:
 def _layout_next_token() -> dict[str, Any]:
     """The right column: temperature, top-k, top-p and the next-token chart they change."""
     c: dict[str, Any] = {}
-    c["temperature"] = gr.Slider(
-        0,
-        2,
-        value=0.8,
-        step=0.05,
-        label="Temperature",
-        elem_id="sample-temperature",
-        info="0 = greedy (always the most likely token); higher = more random",
-    )
-    c["top_k"] = gr.Number(
-        50,
-        label="Top-k",
-        precision=0,
-        minimum=0,
-        maximum=GPT2_VOCAB_SIZE,
-        elem_id="sample-top-k",
-        info=f"keep the k most likely; 0 = off (1 … {GPT2_VOCAB_SIZE})",
-    )
-    c["top_p"] = gr.Slider(
-        0.01,
-        1,
-        value=1.0,
-        step=0.01,
-        label="Top-p (nucleus)",
-        elem_id="sample-top-p",
-        info="keep the most likely tokens up to this much probability; 1 = off",
-    )
+    c["temperature"] = _slider("temperature", "Temperature", "sample-temperature")
+    c["top_k"] = gr.Number(50, label="Top-k", precision=0, elem_id="sample-top-k", info=FIELD_HINTS["top_k"])
+    c["top_p"] = _slider("top_p", "Top-p (nucleus)", "sample-top-p")
     gr.Markdown(
         "**Next-token probabilities** — what the model would sample next. Move the sliders "
         "and watch the blue bars; click a prompt token below to look inside the prompt."
@@ -405,27 +518,39 @@ def _layout_next_token() -> dict[str, Any]:
 
 
 def _wire(tab: Tab, ctx: AppContext) -> None:
+    # preprocess=False: the callbacks check every number themselves (see SLIDERS), so a value out of a component's
+    # range gets the app's message under its field, never Gradio's toast.
     generate = bind(generate_samples, tab, ctx)
-    gen_inputs, shown = [tab[n] for n in GENERATE_INPUTS], [tab["output"], tab["status"]]
-    tab["generate_btn"].click(generate, gen_inputs, shown, show_progress="hidden")
-    tab["prompt"].submit(generate, gen_inputs, shown, show_progress="hidden")
+    gen = dict(inputs=[tab[n] for n in GENERATE_INPUTS], outputs=[tab[n] for n in GENERATE_OUTPUTS])
+    tab["generate_btn"].click(generate, **gen, show_progress="hidden", preprocess=False)
+    tab["prompt"].submit(generate, **gen, show_progress="hidden", preprocess=False)
     tab["stop_btn"].click(bind(stop_generation, tab, ctx), None, None, queue=False)
 
-    preview = bind(show_next_token, tab, ctx)
-    inputs, outputs = [tab[n] for n in NEXT_TOKEN_INPUTS], [tab[n] for n in NEXT_TOKEN_OUTPUTS]
-    tab["model"].input(preview, inputs, outputs)
-    tab["prompt"].input(bind(forget_picked_token, tab, ctx), None, tab["position"], queue=False).then(
-        preview, inputs, outputs, trigger_mode="always_last"
+    preview = dict(
+        fn=bind(show_next_token, tab, ctx),
+        inputs=[tab[n] for n in NEXT_TOKEN_INPUTS],
+        outputs=[tab[n] for n in NEXT_TOKEN_OUTPUTS],
+        preprocess=False,
     )
-    for name in ("temperature", "top_k", "top_p"):
-        tab[name].change(preview, inputs, outputs, trigger_mode="always_last", show_progress="hidden")
-    tab["chips"].click(bind(pick_prompt_token, tab, ctx), None, tab["position"]).then(
-        preview, inputs, outputs, show_progress="hidden"
+    after_edit = dict(
+        preview,
+        fn=bind(show_next_token_after_edit, tab, ctx),
+        inputs=preview["inputs"][:-1],
+        outputs=[tab[n] for n in EDIT_OUTPUTS],
     )
+    tab["model"].input(**preview)
+    # .change, not .input: Gradio's Textbox fires input on key presses only, so Backspace, Delete, a paste or a cut
+    # would leave the view showing the old prompt.
+    tab["prompt"].change(**after_edit, trigger_mode="always_last", show_progress="hidden")
+    # The sliders on .input (a person moved them), not .change: a value moved back into range changes nothing more.
+    for name in ("temperature", "top_p"):
+        tab[name].input(**preview, trigger_mode="always_last", show_progress="hidden")
+    tab["top_k"].change(**preview, trigger_mode="always_last", show_progress="hidden")
+    tab["chips"].click(bind(pick_prompt_token, tab, ctx), None, tab["position"]).then(**preview, show_progress="hidden")
     # A refreshed model list (⟳, or opening the tab) draws the chart; nothing is loaded on page load, so a
     # person who only trains never pays for a model in memory.
-    wire_model_picker(tab, ctx).then(preview, inputs, outputs)
-    tab.on_open.append(OnOpen(preview, inputs, outputs))
+    wire_model_picker(tab, ctx).then(**preview)
+    tab.on_open.append(OnOpen(preview["fn"], preview["inputs"], preview["outputs"]))
 
 
 def build(ctx: AppContext) -> Tab:

@@ -15,12 +15,12 @@ import torch
 
 from core.attention import attention_maps, previous_token_scores, repeated_random_tokens
 from core.checkpoint import save_checkpoint
-from core.config import model_config
+from core.config import ConfigError, model_config
 from core.generation import SamplingConfig, filter_probs, generate, prompt_tokens, stream
 from core.jobs import Jobs
 from core.model import GPT
 from core.tokenizer import decode, encode
-from playground import attention_tab, figures, sampling_tab
+from playground import attention_tab, figures, model_picker, sampling_tab
 from playground.app import build_ui
 from playground.model_cache import CACHE, ModelCache, ModelError, list_models, refresh_choices, resolve_choice
 from playground.model_picker import refresh_model_choices
@@ -131,6 +131,58 @@ def test_build_config_rejects_bad_values(args, message):
         build_config(*args)
 
 
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ((1.0, -1, 1.0, 10, 1, "", True, 1), "top_k"),
+        ((1.0, 99999, 1.0, 10, 1, "", True, 1), "top_k"),
+        ((1.0, 0, 1.0, 10, -5, "", True, 1), "seed"),
+        ((1.0, 0, 1.0, 10, 2.5, "", True, 1), "seed"),
+        ((float("nan"), 0, 1.0, 10, 1, "", True, 1), "temperature"),
+        ((1.0, 0, 1.5, 10, 1, "", True, 1), "top_p"),
+        ((1.0, 0, 1.0, 3000, 1, "", True, 1), "max_new"),
+        ((1.0, 0, 1.0, 10, 1, "", True, 0), "samples"),
+    ],
+)
+def test_build_config_names_the_field_of_a_bad_value(args, field):
+    with pytest.raises(ConfigError) as e:
+        build_config(*args)
+    assert e.value.field == field and field in sampling_tab.FIELD_HINTS
+
+
+def test_slider_values_out_of_range_move_into_it_with_a_note():
+    assert sampling_tab.fit_slider("temperature", 0.7) == (0.7, None)
+    assert sampling_tab.fit_slider("temperature", 5) == (2, "temperature 5 is outside 0 … 2: set to 2")
+    assert sampling_tab.fit_slider("top_p", 0) == (0.01, "top-p 0 is outside 0.01 … 1: set to 0.01")
+    assert sampling_tab.fit_slider("max_new", 5000)[0] == sampling_tab.MAX_UI_NEW_TOKENS
+    assert sampling_tab.fit_slider("samples", 2.5) == (2, "number of samples 2.5 is not a whole number: set to 2")
+    assert (
+        sampling_tab.fit_slider("samples", None)[0] == 1
+        and "must be a number" in sampling_tab.fit_slider("samples", None)[1]
+    )
+    values, notes = sampling_tab.fit_sliders({"temperature": -1, "top_k": -7, "samples": 3})
+    assert values == {"temperature": 0, "top_k": -7, "samples": 3} and list(notes) == ["temperature"]
+
+
+def test_the_callbacks_put_messages_under_their_fields(sampling):
+    tab, ctx = sampling
+    # Generate with seed -5: nothing generated, the message under Seed, every other field its hint.
+    (out,) = sampling_tab.generate_samples(tab, ctx, "micro-run", "x", 1.0, 0, 1.0, 5, -5, "", True, 1)
+    assert tab["output"] not in out and out[tab["status"]].startswith("⚠ seed must be 0 or more")
+    assert out[tab["seed"]]["info"].startswith("⚠ seed") and out[tab["seed"]]["elem_classes"] == ["field-error"]
+    assert out[tab["top_k"]] == {"__type__": "update", "info": sampling_tab.FIELD_HINTS["top_k"], "elem_classes": []}
+    # A slider beyond its range is moved to its end and generation goes on; the note stays under the slider.
+    outs = list(sampling_tab.generate_samples(tab, ctx, "micro-run", "x", 1.0, 0, 1.0, 3, 1, "", True, 20))
+    assert outs[0][tab["samples"]]["value"] == 8 and "set to 8" in outs[0][tab["samples"]]["info"]
+    assert outs[-1][tab["status"]].startswith("Done") and outs[-1][tab["output"]].count('class="sample"') == 8
+    # The next-token view: top-k -1 is refused under its field, and the chart says to fix it.
+    view = sampling_tab.show_next_token(tab, ctx, "micro-run", "x", 0.8, -1, 1.0, -1)
+    assert "top-k must be between 0 (off) and 50257, got -1" in view[tab["top_k"]]["info"]
+    assert view[tab["chart"]].layout.annotations[0].text == "Fix the highlighted setting"
+    fixed = sampling_tab.show_next_token(tab, ctx, "micro-run", "x", 0.8, 40, 1.0, -1)
+    assert fixed[tab["top_k"]]["info"] == sampling_tab.FIELD_HINTS["top_k"] and fixed[tab["chart"]].data
+
+
 # --- generation through the UI callback ----------------------------------------------------------
 
 
@@ -223,7 +275,10 @@ def test_clicking_a_prompt_token_picks_its_position(sampling):
     tab, ctx = sampling
     clicked = gr.EventData(tab["chips"], {"pos": 2})  # what PROMPT_CHIPS_JS sends
     assert sampling_tab.pick_prompt_token(tab, ctx, clicked) == {tab["position"]: 2}
-    assert sampling_tab.forget_picked_token(tab, ctx) == {tab["position"]: -1}
+    # An edited prompt goes back to the token after its end.
+    edited = sampling_tab.show_next_token_after_edit(tab, ctx, "micro-run", "The quick brown", 0.8, 5, 1.0)
+    assert edited[tab["position"]] == -1 and "the end of the prompt" in edited[tab["chart_note"]]
+    assert set(edited) == {tab[name] for name in sampling_tab.EDIT_OUTPUTS}  # the setting fields are left alone
 
 
 # --- attention: redraws of a kept result, clicks on the grid, the induction probe ----------------------------------
@@ -238,7 +293,7 @@ def test_attention_redraws_the_kept_result(runs, attention):
     maps = attention_maps(CACHE.get(runs, "micro-run").model, encode(text))
     # A click on the overview grid (what GRID_JS sends) opens that head in the sliders and the big heatmap.
     clicked = attention_tab.open_clicked_head(tab, ctx, key, gr.EventData(tab["grid"], {"layer": 1, "head": 0}))
-    assert (clicked[tab["layer"]], clicked[tab["head"]], clicked[tab["average"]]) == (1, 0, False)
+    assert (clicked[tab["layer"]]["value"], clicked[tab["head"]]["value"], clicked[tab["average"]]) == (1, 0, False)
     heatmap = clicked[tab["heatmap"]]
     assert heatmap.layout.title.text == "Layer 1, head 0"
     z = np.array(heatmap.data[0].z, dtype=float)
@@ -250,9 +305,30 @@ def test_attention_redraws_the_kept_result(runs, attention):
     expected = previous_token_scores(maps.probs)
     assert np.allclose(np.array(summary[tab["summary"]].data[0].z, dtype=float), expected, atol=1e-6)
     assert "Highest: L" in summary[tab["summary_note"]]
+    # A layer or head the model does not have moves to the nearest one, with a note under its slider.
+    moved = attention_tab.redraw_heatmap(tab, ctx, key, 9, -1, False)
+    assert moved[tab["heatmap"]].layout.title.text == "Layer 1, head 0"
+    assert moved[tab["layer"]]["value"] == 1 and "there is no layer 9" in moved[tab["layer"]]["info"]
+    assert moved[tab["head"]]["value"] == 0 and "there is no head -1" in moved[tab["head"]]["info"]
+    back = attention_tab.redraw_heatmap(tab, ctx, key, 1, 1, False)
+    assert back[tab["layer"]]["info"] == attention_tab.INDEX_HINTS["layer"] and back[tab["layer"]]["elem_classes"] == []
+    assert attention_tab.fit_index(0.5, 2, "head") == (0, "head 0.5 is not a whole number: showing head 0")
+    assert attention_tab.fit_index(None, 2, "layer")[0] == 0
     # A result no longer kept (evicted, or the server restarted) asks to press the button again.
     gone = attention_tab.redraw_heatmap(tab, ctx, "no-such-key", 0, 0, False)[tab["heatmap"]]
     assert gone.layout.annotations[0].text == "Press Show attention"
+
+
+def test_no_result_clears_the_maps_of_the_last_one(attention):
+    shown = dict(
+        zip(attention_tab.SHOW_OUTPUTS, show_callback(attention, "micro-run", "one two", 0, 0, False, "Entropy"))
+    )
+    assert shown["grid"] and shown["key"] is not None
+    for text, model in (("  ", "micro-run"), ("one two", "gone-run")):
+        empty = dict(zip(attention_tab.SHOW_OUTPUTS, show_callback(attention, model, text, 0, 0, False, "Entropy")))
+        assert empty["note"].startswith("⚠") and empty["grid"] == "" and empty["chips"] == "" and empty["key"] is None
+        assert empty["heatmap"].layout.annotations[0].text == attention_tab.NO_MAPS and not empty["heatmap"].data
+        assert empty["summary_note"] == "" and not empty["summary"].data
 
 
 def test_induction_probe_fits_the_context_window(runs, attention):
@@ -266,6 +342,19 @@ def test_induction_probe_fits_the_context_window(runs, attention):
 
 
 # --- model list and cache ------------------------------------------------------------------------
+
+
+def test_generate_and_show_attention_refresh_the_model_labels(tmp_path):
+    _save(tmp_path, "run", 40)
+    (sampling, ctx), (attention, _) = _built(tmp_path, sampling_tab), _built(tmp_path, attention_tab)
+    assert sampling["model"].choices[0][0].startswith("run · latest (step 40)")
+    _save(tmp_path, "run", 300)  # the run saved again since the page was loaded
+    outs = list(sampling_tab.generate_samples(sampling, ctx, "run", "x", 1.0, 0, 1.0, 2, 1, "", True, 1))
+    assert outs[-1][sampling["status"]].startswith("Done") and "step 300" in outs[-1][sampling["status"]]
+    picker = next(out[sampling["model"]] for out in outs if sampling["model"] in out)
+    assert picker["value"] == "run" and picker["choices"][0][0].startswith("run · latest (step 300)")
+    shown = attention_tab.show_attention(attention, ctx, "run", "some text", 0, 0, False, "Entropy")
+    assert shown[attention["model"]]["choices"][0][0].startswith("run · latest (step 300)")
 
 
 def test_list_models_offers_runs_with_weights(runs):
@@ -289,6 +378,7 @@ def test_list_models_marks_training_and_imported_runs(tmp_path):
     _save(tmp_path, "gpt2-import", 0, imported=True, source="gpt2")
     labels = dict((v, label) for label, v in list_models(Jobs(tmp_path)))
     assert "training…" in labels["training"] and "imported from gpt2" in labels["gpt2-import"]
+    assert list_models(Jobs(tmp_path))[0][1] == "training"  # a run training now comes first, though not the newest
     assert "training…" not in labels["crashed"]
     # A still-training run is followed: its entry loads the newest checkpoint once one appears.
     cache = ModelCache(max_models=2)
@@ -315,13 +405,31 @@ def test_model_picker_lists_the_runs_of_the_apps_jobs(tmp_path):
     found = refresh_model_choices(tab, ctx, "gone-run")
     assert found[tab["model"]]["value"] == "late-run" and not found[tab["model_missing"]]["visible"]
     assert refresh_model_choices(tab, ctx, "late-run")[tab["model"]]["value"] == "late-run"
+    # Until the person picks one, the picker follows the newest model; on page load too.
+    time.sleep(0.02)
+    _save(ctx.runs_dir, "later-run", 1)
+    assert refresh_model_choices(tab, ctx, "late-run", False)[tab["model"]]["value"] == "later-run"
+    assert refresh_model_choices(tab, ctx, "late-run", True)[tab["model"]]["value"] == "late-run"
+    assert model_picker.show_newest_models(tab, ctx)[tab["model"]]["value"] == "later-run"
+    assert model_picker.mark_model_picked(tab, ctx) == {tab["model_picked"]: True}
 
 
-def test_models_load_when_sampling_or_attention_opens_never_on_page_load(tmp_path):
+def test_pickers_refresh_on_page_load_but_models_load_only_when_a_tab_opens(tmp_path):
     demo = build_ui(tmp_path / "runs")
-    events = [event for fn in demo.fns.values() if fn.name == "refresh_model_choices" for _, event in fn.targets]
-    # Each model tab's ⟳ and its opening (Sampling, Attention, Inside); none on page load ("load").
-    assert sorted(events) == ["click"] * 3 + ["select"] * 3
+    fns = list(demo.fns.values())
+
+    def events(name):
+        return sorted(event for fn in fns if fn.name == name for _, event in fn.targets)
+
+    # Each tab's ⟳ and its opening keep what was picked; a page load lists the models there are then.
+    assert events("refresh_model_choices") == ["click"] * 3 + ["select"] * 3  # Sampling, Attention, Inside
+    assert events("show_newest_models") == ["load"] * 3
+    # Nothing that loads a model runs on page load, nor after anything that does: the chart waits for the tab.
+    after_load = {fn._id for fn in fns if any(event == "load" for _, event in fn.targets)}
+    while more := {fn._id for fn in fns if fn.trigger_after in after_load} - after_load:
+        after_load |= more
+    names = {fn.name for fn in fns if fn._id in after_load}
+    assert "show_newest_models" in names and not names & {"show_next_token", "show_attention", "generate_samples"}
 
 
 def test_model_cache_is_lru_and_reloads_resaved_weights(tmp_path):
