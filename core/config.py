@@ -138,6 +138,9 @@ class TrainConfig:
     sample_interval: int = 0  # 0: never
     sample_tokens: int = 64
     log_interval: int = 1
+    hellaswag_interval: int = 0  # 0: never; HellaSwag accuracy every N steps and at the last step
+    hellaswag_limit: int | None = None  # evaluate only the first N examples (quick looks on a CPU)
+    hellaswag_file: str | None = None  # a HellaSwag jsonl file; None: the validation set, downloaded once
     # system
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -245,6 +248,13 @@ class TrainConfig:
             (self.sample_interval >= 0, "sample_interval", "sample_interval must be >= 0 (0: never)"),
             at_least("sample_tokens", 1),
             at_least("log_interval", 1),
+            (self.hellaswag_interval >= 0, "hellaswag_interval", "hellaswag_interval must be >= 0 (0: never)"),
+            at_least("hellaswag_limit", 1),
+            (
+                self.hellaswag_file != "",
+                "hellaswag_file",
+                "hellaswag_file is empty; give a HellaSwag jsonl file or leave it unset",
+            ),
             (0 <= self.seed < 2**63, "seed", f"seed must be between 0 and 2**63 - 1, got {self.seed}"),
             (self.device in ("auto", "cpu", "cuda", "mps"), "device", "device must be auto, cpu, cuda or mps"),
             (self.precision in PRECISIONS, "precision", "precision must be auto, fp32, bf16 or fp16"),
@@ -254,12 +264,12 @@ class TrainConfig:
         ]
 
     def with_absolute_paths(self, base: str | Path | None = None) -> TrainConfig:
-        """A copy whose local data, val_data and init_from paths are absolute (relative ones taken from base, by
-        default the working folder), so a trainer started in another folder reads the files that were checked.
-        Names that are not local paths (bundled corpora, hf:..., hub ids, run names) are kept as they are."""
+        """A copy whose local data, val_data, init_from and hellaswag_file paths are absolute (relative ones taken
+        from base, by default the working folder), so a trainer started in another folder reads the files that were
+        checked. Names that are not local paths (bundled corpora, hf:..., hub ids, run names) are kept as they are."""
         root = Path(base) if base is not None else Path.cwd()
         out = dataclasses.replace(self)
-        for name in ("data", "val_data", "init_from"):
+        for name in ("data", "val_data", "init_from", "hellaswag_file"):
             value = getattr(out, name)
             if value and not value.startswith("hf:") and not Path(value).is_absolute() and (root / value).exists():
                 setattr(out, name, str((root / value).resolve()))

@@ -41,6 +41,7 @@ from core.cli import add_config_arguments, overrides_from_args
 from core.config import ConfigError, ModelConfig, TrainConfig, read_config_json
 from core.cpu_malloc import reexec_with_tuned_malloc
 from core.data import BatchLoader, DataError, prepare_for
+from core.evals import EvalError, HellaSwagExample, load_hellaswag
 from core.files import write_text_atomic
 from core.hf import HFError
 from core.model import GPT, clean_state_dict, load_clean_state_dict
@@ -209,6 +210,33 @@ def _loaders(cfg: TrainConfig, ctx: D.DistContext, seq_len: int, log: Log) -> tu
     return train, val
 
 
+def _load_hellaswag(cfg: TrainConfig) -> tuple[list[HellaSwagExample] | None, str]:
+    try:
+        return load_hellaswag(cfg.hellaswag_file, cfg.hellaswag_limit, Path(cfg.data_cache) / "hellaswag"), ""
+    except EvalError as e:
+        return None, str(e)
+
+
+def _hellaswag_examples(cfg: TrainConfig, ctx: D.DistContext, log: Log) -> list[HellaSwagExample] | None:
+    """The examples HellaSwag is evaluated on in the loop, loaded once; None when it is off.
+
+    One process per machine loads first (it may download the validation set); the others then read its
+    cache. A data set that cannot be had (offline, a bad file) turns HellaSwag off on every rank with one
+    warning: it never ends a run.
+    """
+    if cfg.hellaswag_interval <= 0:
+        return None
+    examples, error = _load_hellaswag(cfg) if ctx.local_rank == 0 else (None, "")
+    D.barrier(ctx)
+    if ctx.local_rank != 0:
+        examples, error = _load_hellaswag(cfg)
+    if D.any_rank(examples is None, ctx):
+        log(f"warning: HellaSwag is off for this run: {error or 'another process could not load it'}")
+        return None
+    log(f"HellaSwag every {cfg.hellaswag_interval} steps on {len(examples)} examples")
+    return examples
+
+
 def _resume(
     ck: Checkpoint,
     fresh: TrainState,
@@ -280,6 +308,7 @@ def build_training(plan: Plan, ctx: D.DistContext, log: Log) -> TrainingParts:
     optimizer, scaler = make_optimizer(model, cfg, dev.type), grad_scaler(precision)
     accum, seq_len = cfg.grad_accum_steps(world), cfg.effective_seq_len
     train_data, val_data = _loaders(cfg, ctx, seq_len, log)
+    hellaswag = _hellaswag_examples(cfg, ctx, log)
     loader = LoaderState(0, 0, cfg.seed, cfg.batch_size, seq_len, train_data.data_key)
     tokens_per_step = cfg.batch_size * seq_len * accum * world
     state = TrainState(0, tokens_per_step, world, accum, precision, loader, cfg.to_dict())
@@ -304,8 +333,16 @@ def build_training(plan: Plan, ctx: D.DistContext, log: Log) -> TrainingParts:
         train_data=train_data,
         val_data=val_data,
         state=state,
-        cadence=Cadence(total, cfg.log_interval, cfg.eval_interval, cfg.sample_interval, cfg.ckpt_interval),
+        cadence=Cadence(
+            total,
+            cfg.log_interval,
+            cfg.eval_interval,
+            cfg.sample_interval,
+            cfg.ckpt_interval,
+            hellaswag=cfg.hellaswag_interval if hellaswag else 0,
+        ),
         pace=Pace(tokens_per_step, model.flops_per_token(seq_len), all_peak, total, state.elapsed),
+        hellaswag=hellaswag,
     )
 
 
