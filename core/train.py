@@ -2,6 +2,7 @@
 
     python -m core.train --preset tiny --data shakespeare --max-steps 200 --run-name tiny-shk
     python -m core.train --config checkpoints/tiny-shk/config.json
+    python -m core.train --recipe gpt2-124m-fineweb   # a named config (--list-recipes); flags override it
     python -m core.train --resume tiny-shk            # continue exactly from ckpt/latest
     python -m torch.distributed.run --standalone --nproc_per_node=2 -m core.train --preset tiny ...
 
@@ -47,6 +48,7 @@ from core.hf import HFError
 from core.model import GPT, clean_state_dict, load_clean_state_dict
 from core.optim import lr_schedule, make_optimizer
 from core.precision import DTYPES, autocast, choose_precision, grad_scaler, peak_flops
+from core.recipes import describe_recipes, detect_device, recipe_values
 from core.reporting import Pace, Reporter
 from core.runlock import RunLock, hold_run_lock
 from core.runs import STATE_FILE, default_run_name, list_checkpoints, resolve_run_dir
@@ -73,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a GPT-2 (single process, or DDP under torchrun).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument(
+        "--recipe", metavar="NAME", help="start from a recipe (see --list-recipes); --config and flags override it"
+    )
+    p.add_argument("--list-recipes", action="store_true", help="list the recipes, sized for this machine, and exit")
     p.add_argument("--config", help="a TrainConfig JSON file (e.g. <run>/config.json); flags override its fields")
     p.add_argument("--resume", metavar="RUN", help="continue a run (a name under --runs-dir, or its folder) exactly")
     add_config_arguments(p)
@@ -80,8 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_dict(path: Path) -> dict[str, Any]:
+    """The fields a config file sets (checked: unknown fields are an error); the model's own entries are skipped."""
     fields = {k: v for k, v in read_config_json(path).items() if k not in ("model_config", "model")}
-    return TrainConfig.from_dict(fields).to_dict()
+    TrainConfig.from_dict(fields)
+    return fields
+
+
+def _recipe_values(name: str, ctx: D.DistContext) -> dict[str, Any]:
+    """The recipe's fields, sized for this process's device and, on GPUs, for the processes of this launch."""
+    device = detect_device(ctx.device.type)
+    if device.kind == "cuda":
+        device = dataclasses.replace(device, count=ctx.world_size)
+    return recipe_values(name, device)
 
 
 def find_run(spec: str, runs_dir: str) -> Path:
@@ -129,8 +145,10 @@ class Plan:
 
 
 def plan_run(args: argparse.Namespace, ctx: D.DistContext) -> Plan:
-    """Resolve the config (file < flags; on resume the checkpoint's config < flags) and the run folder."""
+    """Resolve the config (recipe < file < flags; on resume the checkpoint's config < flags) and the run folder."""
     overrides = overrides_from_args(args)
+    if args.resume and args.recipe:
+        raise ConfigError("--recipe starts a new run; --resume continues one with its own config: drop --recipe")
     if args.resume:
         run_dir, ckpt, notes = resume_point(args.resume, overrides.get("runs_dir", TrainConfig.runs_dir))
         state = ckpt.state
@@ -143,8 +161,9 @@ def plan_run(args: argparse.Namespace, ctx: D.DistContext) -> Plan:
         if notes:
             notes.append(f"resuming from the newest checkpoint that loads: {ckpt.path.name}")
         return Plan(cfg, run_dir, ckpt, notes)
+    recipe = _recipe_values(args.recipe, ctx) if args.recipe else {}
     base = _config_dict(Path(args.config)) if args.config else {}
-    cfg = TrainConfig.from_dict({**base, **overrides})
+    cfg = TrainConfig.from_dict({**recipe, **base, **overrides})
     if not cfg.run_name:
         cfg.run_name = D.broadcast_object(default_run_name(cfg), ctx)
     run_dir = resolve_run_dir(cfg.runs_dir, cfg.run_name)
@@ -389,8 +408,19 @@ def _failure(e: Exception, trainer: Trainer | None, ctx: D.DistContext | None) -
     return 1, f"{rank}{type(e).__name__}: {e}"
 
 
+def _list_recipes(args: argparse.Namespace) -> int:
+    try:
+        print(describe_recipes(detect_device(_device_preference(args))))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list_recipes:
+        return _list_recipes(args)
     stop = StopFlag()
     stop.install()
     report = Reporter()
