@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from core.jobs import EvalRefused, RunNotFound, eval_status, launch_eval, read_evals
+from core.jobs import EvalRefused, RunNotFound, checkpoint_scores, eval_status, launch_eval, read_evals
 from tests.helpers import MICRO, run_cmd, wait_for
 from tests.test_hellaswag_loop import EXAMPLES, main_in_process
 
@@ -18,11 +18,13 @@ TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the ea
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A runs folder with a micro run trained for 2 steps (checkpoint step-000002) and a run with no checkpoint."""
+def runs(tmp_path_factory, files):
+    """A runs folder with a micro run trained for 2 steps (checkpoint step-000002, HellaSwag on all 6 examples in
+    the loop) and a run with no checkpoint."""
     runs = tmp_path_factory.mktemp("runs")
     args = ["--runs-dir", str(runs), *MICRO, "--run-name", "r", "--max-steps", "2", "--device", "cpu"]
-    assert main_in_process([*args, "--eval-interval", "0"]) == 0
+    hellaswag = ["--hellaswag-interval", "2", "--hellaswag-file", str(files / "hs.jsonl")]
+    assert main_in_process([*args, "--eval-interval", "0", *hellaswag]) == 0
     (runs / "empty").mkdir()
     (runs / "empty" / "config.json").write_text("{}")
     return runs
@@ -54,6 +56,7 @@ def finished(runs, run="r", timeout=300):
 
 
 def test_hellaswag_job_records_what_core_eval_gives(runs, files):
+    assert checkpoint_scores(runs, "r")["step-000002"]["hellaswag_n"] == 6  # from the training loop
     st = launch_eval(runs, "r", "hellaswag", limit=5, file=files / "hs.jsonl")
     assert st.state == "running" and st.checkpoint == "step-000002" and st.task == "hellaswag"
     st = finished(runs)
@@ -80,6 +83,17 @@ def test_perplexity_job_from_the_cli_waits_and_prints_the_result(runs, files):
     assert read_evals(runs, "r")[-1]["data"] == str(files / "text.txt")
     listing = run_cmd([sys.executable, "-m", "core.jobs", "--runs-dir", str(runs), "evals", "r"], timeout=120)
     assert listing.stdout.startswith("r: evaluation done (perplexity on step-000002)")
+
+
+def test_checkpoint_scores_hold_the_newest_of_the_loop_and_the_jobs(runs):
+    scores = checkpoint_scores(runs, "r")
+    assert list(scores) == ["step-000002"]
+    hs, pp = read_evals(runs, "r")[-2:]  # the two jobs above; the loop's 6-example record is older
+    assert scores["step-000002"] == {
+        "hellaswag_acc": hs["acc"], "hellaswag_acc_norm": hs["acc_norm"], "hellaswag_n": 5,
+        "perplexity": pp["perplexity"], "perplexity_data": pp["data"],
+    }  # fmt: skip
+    assert checkpoint_scores(runs, "empty") == {}
 
 
 def test_a_failing_evaluation_ends_failed_with_core_evals_one_line(runs, files):

@@ -40,7 +40,7 @@ from core.jobs.errors import (
     StartFailed,
     StopFailed,
 )
-from core.jobs.evaljob import EvalRefused, EvalStatus, eval_status, launch_eval, read_evals
+from core.jobs.evaljob import EvalRefused, EvalStatus, checkpoint_scores, eval_status, launch_eval, read_evals
 from core.jobs.manager import SAVE_WAIT_CAP_S, STOP_TIMEOUT_S, Jobs, resolve_device
 from core.jobs.processes import JOB_ENV
 from core.jobs.records import FAIL_TAIL_LINES, JobStatus
@@ -69,6 +69,7 @@ __all__ = [
     "RunNotFound",
     "StartFailed",
     "StopFailed",
+    "checkpoint_scores",
     "decide_state",
     "eval_status",
     "launch_eval",

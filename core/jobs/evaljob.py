@@ -179,6 +179,31 @@ def read_evals(runs_dir: str | Path, run: str) -> list[dict[str, Any]]:
     return read_all(_run_dir(runs_dir, run) / EVALS_FILE)
 
 
+def checkpoint_scores(runs_dir: str | Path, run: str) -> dict[str, dict[str, Any]]:
+    """The newest HellaSwag and perplexity of each checkpoint of a run, by checkpoint folder name:
+    {"step-000500": {"hellaswag_acc_norm", "hellaswag_acc", "hellaswag_n", "perplexity", "perplexity_data"}}
+    (only the keys it has). HellaSwag comes from the training loop (an eval record of the checkpoint's step
+    in metrics.jsonl) or from evaluation jobs (evals.jsonl), whichever is newer."""
+    run_dir = _run_dir(runs_dir, run)
+    names = {checkpoint_step(c): c.name for c in list_checkpoints(run_dir)}
+    found: list[tuple[float, str, dict[str, Any]]] = []
+    for r in read_all(run_dir / "metrics.jsonl"):
+        if r.get("kind") == "eval" and "hellaswag_acc" in r and r.get("step") in names:
+            scores = {k: r[k] for k in ("hellaswag_acc", "hellaswag_acc_norm", "hellaswag_n")}
+            found.append((r.get("time", 0), names[r["step"]], scores))
+    for r in read_all(run_dir / EVALS_FILE):
+        if r.get("task") == "hellaswag":
+            scores = {"hellaswag_acc": r["acc"], "hellaswag_acc_norm": r["acc_norm"], "hellaswag_n": r["n"]}
+        else:
+            scores = {"perplexity": r.get("perplexity"), "perplexity_data": r.get("data")}
+        found.append((r.get("time", 0), r.get("checkpoint"), scores))
+    out: dict[str, dict[str, Any]] = {}
+    for _, name, scores in sorted(found, key=lambda f: f[0]):
+        if name in names.values():
+            out.setdefault(name, {}).update(scores)
+    return out
+
+
 def eval_status(runs_dir: str | Path, run: str) -> EvalStatus:
     """The run's newest evaluation job: running, done (with its result) or failed (with the reason)."""
     run_dir = _run_dir(runs_dir, run)
