@@ -140,6 +140,9 @@ class TrainConfig:
     sample_tokens: int = 64
     log_interval: int = 1
     report_to: str = ""  # also report the metrics to these trackers, comma-separated: tensorboard,wandb,trackio
+    hellaswag_interval: int = 0  # 0: never; HellaSwag accuracy every N steps and at the last step
+    hellaswag_limit: int | None = None  # evaluate only the first N examples (quick looks on a CPU)
+    hellaswag_file: str | None = None  # a HellaSwag jsonl file; None: the validation set, downloaded once
     # system
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -257,6 +260,13 @@ class TrainConfig:
                 "report_to",
                 f"report_to takes {', '.join(REPORT_TO)} (comma-separated, or empty for none), got {self.report_to!r}",
             ),
+            (self.hellaswag_interval >= 0, "hellaswag_interval", "hellaswag_interval must be >= 0 (0: never)"),
+            at_least("hellaswag_limit", 1),
+            (
+                self.hellaswag_file != "",
+                "hellaswag_file",
+                "hellaswag_file is empty; give a HellaSwag jsonl file or leave it unset",
+            ),
             (0 <= self.seed < 2**63, "seed", f"seed must be between 0 and 2**63 - 1, got {self.seed}"),
             (self.device in ("auto", "cpu", "cuda", "mps"), "device", "device must be auto, cpu, cuda or mps"),
             (self.precision in PRECISIONS, "precision", "precision must be auto, fp32, bf16 or fp16"),
@@ -266,12 +276,12 @@ class TrainConfig:
         ]
 
     def with_absolute_paths(self, base: str | Path | None = None) -> TrainConfig:
-        """A copy whose local data, val_data, init_from and data_cache paths are absolute (relative ones taken from
-        base, by default the working folder), so a trainer started in another folder uses the files that were meant.
-        Names that are not local paths (bundled corpora, hf:..., hub ids, run names) are kept as they are."""
+        """A copy whose local data, val_data, init_from, hellaswag_file and data_cache paths are absolute (relative
+        ones taken from base, by default the working folder), so a trainer started in another folder uses the files
+        that were meant. Names that are not local paths (bundled corpora, hf:..., hub ids, run names) are kept."""
         root = Path(base) if base is not None else Path.cwd()
         out = dataclasses.replace(self)
-        for name in ("data", "val_data", "init_from"):
+        for name in ("data", "val_data", "init_from", "hellaswag_file"):
             value = getattr(out, name)
             if value and not value.startswith("hf:") and not Path(value).is_absolute() and (root / value).exists():
                 setattr(out, name, str((root / value).resolve()))

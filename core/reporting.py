@@ -191,6 +191,11 @@ class Reporter:
     def evaluated(self, step: int, val_loss: float) -> None:
         self._event("eval", f"step {step} | val loss {val_loss:.4f}", step=step, val_loss=val_loss)
 
+    def hellaswag(self, step: int, acc: float, acc_norm: float, n: int) -> None:
+        """HellaSwag in the loop: an eval record with step, hellaswag_acc, hellaswag_acc_norm, hellaswag_n."""
+        line = f"step {step} | hellaswag acc_norm {acc_norm:.4f} (acc {acc:.4f}, {n} examples)"
+        self._event("eval", line, step=step, hellaswag_acc=acc, hellaswag_acc_norm=acc_norm, hellaswag_n=n)
+
     def sampled(self, step: int, text: str) -> None:
         self._event("sample", f"sample at step {step}: {text[:200]!r}", step=step, text=text)
 

@@ -2,6 +2,7 @@
 
     python -m core.train --preset tiny --data shakespeare --max-steps 200 --run-name tiny-shk
     python -m core.train --config checkpoints/tiny-shk/config.json
+    python -m core.train --recipe gpt2-124m-fineweb   # a named config (--list-recipes); flags override it
     python -m core.train --resume tiny-shk            # continue exactly from ckpt/latest
     python -m torch.distributed.run --standalone --nproc_per_node=2 -m core.train --preset tiny ...
 
@@ -41,11 +42,13 @@ from core.cli import add_config_arguments, overrides_from_args
 from core.config import ConfigError, ModelConfig, TrainConfig, read_config_json
 from core.cpu_malloc import reexec_with_tuned_malloc
 from core.data import BatchLoader, DataError, prepare_for
+from core.evals import EvalError, HellaSwagExample, load_hellaswag
 from core.files import write_text_atomic
 from core.hf import HFError
 from core.model import GPT, clean_state_dict, load_clean_state_dict
 from core.optim import lr_schedule, make_optimizer
 from core.precision import DTYPES, autocast, choose_precision, grad_scaler, peak_flops
+from core.recipes import describe_recipes, detect_device, recipe_values
 from core.reporting import Pace, Reporter
 from core.runlock import RunLock, hold_run_lock
 from core.runs import STATE_FILE, default_run_name, list_checkpoints, resolve_run_dir
@@ -87,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=_HelpFormatter,
     )
+    p.add_argument(
+        "--recipe", metavar="NAME", help="start from a recipe (see --list-recipes); --config and flags override it"
+    )
+    p.add_argument("--list-recipes", action="store_true", help="list the recipes, sized for this machine, and exit")
     p.add_argument("--config", help="a TrainConfig JSON file (e.g. <run>/config.json); flags override its fields")
     p.add_argument("--resume", metavar="RUN", help="continue a run (a name under --runs-dir, or its folder) exactly")
     add_config_arguments(p)
@@ -94,8 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_dict(path: Path) -> dict[str, Any]:
+    """The fields a config file sets (checked: unknown fields are an error); the model's own entries are skipped."""
     fields = {k: v for k, v in read_config_json(path).items() if k not in ("model_config", "model")}
-    return TrainConfig.from_dict(fields).to_dict()
+    TrainConfig.from_dict(fields)
+    return fields
+
+
+def _recipe_values(name: str, ctx: D.DistContext) -> dict[str, Any]:
+    """The recipe's fields, sized for this process's device and, on GPUs, for the processes of this launch."""
+    device = detect_device(ctx.device.type)
+    if device.kind == "cuda":
+        device = dataclasses.replace(device, count=ctx.world_size)
+    return recipe_values(name, device)
 
 
 def find_run(spec: str, runs_dir: str) -> Path:
@@ -143,8 +160,10 @@ class Plan:
 
 
 def plan_run(args: argparse.Namespace, ctx: D.DistContext) -> Plan:
-    """Resolve the config (file < flags; on resume the checkpoint's config < flags) and the run folder."""
+    """Resolve the config (recipe < file < flags; on resume the checkpoint's config < flags) and the run folder."""
     overrides = overrides_from_args(args)
+    if args.resume and args.recipe:
+        raise ConfigError("--recipe starts a new run; --resume continues one with its own config: drop --recipe")
     if args.resume:
         run_dir, ckpt, notes = resume_point(args.resume, overrides.get("runs_dir", TrainConfig.runs_dir))
         state = ckpt.state
@@ -157,8 +176,9 @@ def plan_run(args: argparse.Namespace, ctx: D.DistContext) -> Plan:
         if notes:
             notes.append(f"resuming from the newest checkpoint that loads: {ckpt.path.name}")
         return Plan(cfg, run_dir, ckpt, notes)
+    recipe = _recipe_values(args.recipe, ctx) if args.recipe else {}
     base = _config_dict(Path(args.config)) if args.config else {}
-    cfg = TrainConfig.from_dict({**base, **overrides})
+    cfg = TrainConfig.from_dict({**recipe, **base, **overrides})
     if not cfg.run_name:
         cfg.run_name = D.broadcast_object(default_run_name(cfg), ctx)
     run_dir = resolve_run_dir(cfg.runs_dir, cfg.run_name)
@@ -222,6 +242,33 @@ def _loaders(cfg: TrainConfig, ctx: D.DistContext, seq_len: int, log: Log) -> tu
     train = BatchLoader(cache, "train", B, seq_len, seed=seed, shuffle=True, device=dev)
     val = BatchLoader(cache, "val", B, seq_len, seed=seed, shuffle=False, device=dev)
     return train, val
+
+
+def _load_hellaswag(cfg: TrainConfig) -> tuple[list[HellaSwagExample] | None, str]:
+    try:
+        return load_hellaswag(cfg.hellaswag_file, cfg.hellaswag_limit, Path(cfg.data_cache) / "hellaswag"), ""
+    except EvalError as e:
+        return None, str(e)
+
+
+def _hellaswag_examples(cfg: TrainConfig, ctx: D.DistContext, log: Log) -> list[HellaSwagExample] | None:
+    """The examples HellaSwag is evaluated on in the loop, loaded once; None when it is off.
+
+    One process per machine loads first (it may download the validation set); the others then read its
+    cache. A data set that cannot be had (offline, a bad file) turns HellaSwag off on every rank with one
+    warning: it never ends a run.
+    """
+    if cfg.hellaswag_interval <= 0:
+        return None
+    examples, error = _load_hellaswag(cfg) if ctx.local_rank == 0 else (None, "")
+    D.barrier(ctx)
+    if ctx.local_rank != 0:
+        examples, error = _load_hellaswag(cfg)
+    if D.any_rank(examples is None, ctx):
+        log(f"warning: HellaSwag is off for this run: {error or 'another process could not load it'}")
+        return None
+    log(f"HellaSwag every {cfg.hellaswag_interval} steps on {len(examples)} examples")
+    return examples
 
 
 def _resume(
@@ -295,6 +342,7 @@ def build_training(plan: Plan, ctx: D.DistContext, log: Log) -> TrainingParts:
     optimizer, scaler = make_optimizer(model, cfg, dev.type), grad_scaler(precision)
     accum, seq_len = cfg.grad_accum_steps(world), cfg.effective_seq_len
     train_data, val_data = _loaders(cfg, ctx, seq_len, log)
+    hellaswag = _hellaswag_examples(cfg, ctx, log)
     loader = LoaderState(0, 0, cfg.seed, cfg.batch_size, seq_len, train_data.data_key)
     tokens_per_step = cfg.batch_size * seq_len * accum * world
     state = TrainState(0, tokens_per_step, world, accum, precision, loader, cfg.to_dict())
@@ -319,8 +367,16 @@ def build_training(plan: Plan, ctx: D.DistContext, log: Log) -> TrainingParts:
         train_data=train_data,
         val_data=val_data,
         state=state,
-        cadence=Cadence(total, cfg.log_interval, cfg.eval_interval, cfg.sample_interval, cfg.ckpt_interval),
+        cadence=Cadence(
+            total,
+            cfg.log_interval,
+            cfg.eval_interval,
+            cfg.sample_interval,
+            cfg.ckpt_interval,
+            hellaswag=cfg.hellaswag_interval if hellaswag else 0,
+        ),
         pace=Pace(tokens_per_step, model.flops_per_token(seq_len), all_peak, total, state.elapsed),
+        hellaswag=hellaswag,
     )
 
 
@@ -367,8 +423,19 @@ def _failure(e: Exception, trainer: Trainer | None, ctx: D.DistContext | None) -
     return 1, f"{rank}{type(e).__name__}: {e}"
 
 
+def _list_recipes(args: argparse.Namespace) -> int:
+    try:
+        print(describe_recipes(detect_device(_device_preference(args))))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list_recipes:
+        return _list_recipes(args)
     stop = StopFlag()
     stop.install()
     report = Reporter()

@@ -26,6 +26,7 @@ from core import distributed as D
 from core.checkpoint import capture_rng_state, save_checkpoint
 from core.config import EOT_TOKEN, TrainConfig
 from core.data import BatchLoader
+from core.evals import HellaSwagExample, HellaSwagResult, evaluate_hellaswag
 from core.model import GPT
 from core.reporting import Pace, Reporter, StepRecord, memory_mb
 from core.runlock import saving
@@ -140,7 +141,8 @@ class TrainState:
 class Cadence:
     """When the loop logs, evaluates, samples and saves: at multiples of each interval and at the last step.
 
-    An eval or sample interval of 0 switches that off; a checkpoint interval of 0 leaves only the last step.
+    An eval, HellaSwag or sample interval of 0 switches that off; a checkpoint interval of 0 leaves only the
+    last step.
     """
 
     total_steps: int
@@ -148,6 +150,7 @@ class Cadence:
     eval: int
     sample: int
     save: int
+    hellaswag: int = 0
 
     def _due(self, interval: int, step: int) -> bool:
         return interval > 0 and (step % interval == 0 or step == self.total_steps)
@@ -157,6 +160,9 @@ class Cadence:
 
     def eval_due(self, step: int) -> bool:
         return self._due(self.eval, step)
+
+    def hellaswag_due(self, step: int) -> bool:
+        return self._due(self.hellaswag, step)
 
     def sample_due(self, step: int) -> bool:
         return self._due(self.sample, step)
@@ -210,6 +216,7 @@ class TrainingParts:
     state: TrainState
     cadence: Cadence
     pace: Pace
+    hellaswag: list[HellaSwagExample] | None = None  # the examples evaluated in the loop; None: HellaSwag off
 
 
 class Trainer:
@@ -223,6 +230,7 @@ class Trainer:
         self.autocast = parts.autocast
         self.train_data, self.val_data = parts.train_data, parts.val_data
         self.state, self.cadence, self.pace = parts.state, parts.cadence, parts.pace
+        self.hellaswag = parts.hellaswag
         self.saved_at: Path | None = None
         self.skipped_in_a_row = 0  # updates skipped in a row for a non-finite gradient norm
 
@@ -245,6 +253,9 @@ class Trainer:
             if cadence.eval_due(state.step):
                 state.evaluated(self.evaluate())
                 self.report.evaluated(state.step, state.val_loss)
+            if self.hellaswag and cadence.hellaswag_due(state.step):
+                result = self.evaluate_hellaswag()
+                self.report.hellaswag(state.step, result.acc, result.acc_norm, result.n)
             if self.ctx.is_main and cadence.sample_due(state.step):
                 self.report.sampled(state.step, self.sample_text())
             stopping = D.any_rank(self.stop.signal is not None, self.ctx)
@@ -328,6 +339,13 @@ class Trainer:
             losses += loss.float()
         self.compiled.train()
         return D.all_reduce_mean(losses / max(1, len(mine)), ctx).item()
+
+    def evaluate_hellaswag(self) -> HellaSwagResult:
+        """HellaSwag accuracy of the model being trained (compiled, under the training autocast); every rank
+        calls it: the examples are split over the ranks and the counts all-reduced."""
+        batch_examples = max(1, self.cfg.batch_size // 4)  # 4 rows per example: about a training micro-batch
+        with self.autocast:
+            return evaluate_hellaswag(self.compiled, self.hellaswag or [], batch_examples)
 
     def sample_text(self) -> str:
         from core.generation import SamplingConfig, generate

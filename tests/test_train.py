@@ -33,7 +33,14 @@ def main_in_process(argv):
 
 def _trainer(tmp_path, **kw):
     cfg = TrainConfig(
-        preset="micro", data_cache=CACHE, seq_len=32, runs_dir=str(tmp_path), run_name="ga", device="cpu", **kw
+        preset="micro",
+        data_cache=CACHE,
+        seq_len=32,
+        runs_dir=str(tmp_path),
+        run_name="ga",
+        device="cpu",
+        precision="fp32",  # auto is bf16 on CPUs with AMX: the comparison needs exact fp32 sums
+        **kw,
     )
     ctx, report = D.setup("cpu"), Reporter()
     return Trainer(build_training(Plan(cfg, tmp_path / "ga", None), ctx, report.log), ctx, StopFlag(), report)

@@ -23,7 +23,9 @@ The package, one job per module:
     state.py      decide_state: the state of a run as a pure function of what was observed
     errors.py     JobError and one subclass per kind of refusal
     manager.py    Jobs: launch / resume / stop / status / list / delete / readers
+    evaljob.py    evaluation jobs: core.eval on a run's checkpoint in the background, results in evals.jsonl
     cli.py        python -m core.jobs [--runs-dir DIR] list | status | stop | resume | logs | launch | delete
+                  | eval | evals
 """
 
 from core.jobs.cli import main
@@ -38,6 +40,7 @@ from core.jobs.errors import (
     StartFailed,
     StopFailed,
 )
+from core.jobs.evaljob import EvalRefused, EvalStatus, checkpoint_scores, eval_status, launch_eval, read_evals
 from core.jobs.manager import SAVE_WAIT_CAP_S, STOP_TIMEOUT_S, Jobs, resolve_device
 from core.jobs.processes import JOB_ENV
 from core.jobs.records import FAIL_TAIL_LINES, JobStatus
@@ -54,6 +57,8 @@ __all__ = [
     "STOP_TIMEOUT_S",
     "Decision",
     "DeviceBusy",
+    "EvalRefused",
+    "EvalStatus",
     "JobError",
     "JobStatus",
     "Jobs",
@@ -64,7 +69,11 @@ __all__ = [
     "RunNotFound",
     "StartFailed",
     "StopFailed",
+    "checkpoint_scores",
     "decide_state",
+    "eval_status",
+    "launch_eval",
     "main",
+    "read_evals",
     "resolve_device",
 ]

@@ -1,5 +1,5 @@
 """python -m core.jobs [--runs-dir DIR] list | status RUN | stop RUN | resume RUN | logs RUN | launch | delete RUN
-| export RUN
+                                   | export RUN | eval RUN --task hellaswag|perplexity | evals RUN
 
 Exit code 0 on success, 1 with a one-line `error: ...` on stderr when the operation is refused.
 """
@@ -18,6 +18,7 @@ from core.cli import add_config_arguments, overrides_from_args
 from core.config import ConfigError, TrainConfig
 from core.files import write_text_atomic
 from core.jobs.errors import JobError
+from core.jobs.evaljob import TASKS, eval_status, launch_eval, read_evals
 from core.jobs.manager import STOP_TIMEOUT_S, Jobs
 from core.jobs.records import JobStatus
 from core.metrics import FORMATS, export_records
@@ -127,6 +128,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--auto-suffix", action="store_true", help="on a name clash, add -2, -3, ...")
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
     add_config_arguments(p, skip=("runs_dir",))  # the top-level --runs-dir decides
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint in the background (HellaSwag or perplexity)")
+    p.add_argument("run")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--limit", type=int, help="hellaswag: only the first N examples")
+    p.add_argument("--file", help="hellaswag: a local HellaSwag jsonl file (default: the validation set, downloaded)")
+    p.add_argument("--data", help="perplexity: the text file")
+    p.add_argument("--checkpoint", help="a checkpoint folder name of the run, e.g. step-000500 (default: the newest)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    p = sub.add_parser("evals", help="a run's evaluation job and its results (evals.jsonl)")
+    p.add_argument("run")
     return ap
 
 
@@ -203,6 +215,30 @@ def _launch(jobs: Jobs, args: argparse.Namespace) -> None:
     print(f"follow it with: python -m core.jobs logs {s.name} -f")
 
 
+def _eval(jobs: Jobs, args: argparse.Namespace) -> None:
+    options = dict(limit=args.limit, data=args.data, file=args.file, checkpoint=args.checkpoint, device=args.device)
+    st = launch_eval(jobs.runs_dir, args.run, args.task, **options)
+    print(f"evaluating {args.run} ({st.task} on {st.checkpoint}) in the background (pid {st.pid})", flush=True)
+    while args.wait and st.active:
+        time.sleep(0.5)
+        st = eval_status(jobs.runs_dir, args.run)
+    if not args.wait:
+        print(f"the result goes to {jobs.run_dir(args.run) / 'evals.jsonl'}; see: python -m core.jobs evals {args.run}")
+    elif st.state == "done":
+        print(json.dumps(st.result))
+    else:
+        raise JobError(f"the evaluation of {args.run!r} failed: {st.message}")
+
+
+def _evals(jobs: Jobs, args: argparse.Namespace) -> None:
+    st = eval_status(jobs.runs_dir, args.run)
+    print(f"{args.run}: evaluation {st.state}" + (f" ({st.task} on {st.checkpoint})" if st.task else ""))
+    if st.message:
+        print("  " + st.message.replace("\n", "\n  "))
+    for record in read_evals(jobs.runs_dir, args.run):
+        print(json.dumps(record))
+
+
 COMMANDS = {
     "list": _list,
     "status": _status,
@@ -212,6 +248,8 @@ COMMANDS = {
     "delete": _delete,
     "launch": _launch,
     "export": _export,
+    "eval": _eval,
+    "evals": _evals,
 }
 
 

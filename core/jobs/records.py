@@ -110,7 +110,7 @@ def tail(path: Path, n: int) -> str:
 
 @dataclass
 class MetricsSummary:
-    """The newest train, eval and status records of metrics.jsonl, kept up to date incrementally
+    """The newest train, eval (val loss) and status records of metrics.jsonl, kept up to date incrementally
     (long runs have big files)."""
 
     reader: MetricsReader
@@ -124,6 +124,8 @@ class MetricsSummary:
             self.train = self.eval = self.status = None
         for rec in records:
             kind = rec.get("kind") if isinstance(rec, dict) else None
+            if kind == "eval" and "val_loss" not in rec:
+                continue  # a HellaSwag record: the newest val loss is still the one before it
             if kind in ("train", "eval", "status"):
                 setattr(self, kind, rec)
         return self
