@@ -7,6 +7,7 @@ metrics.jsonl since the last tick, however long the run. The timer stops when no
 from __future__ import annotations
 
 import html
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from core.jobs import Jobs, JobStatus
-from core.metrics import MetricsReader
+from core.metrics import MetricsReader, export_records
 from playground import actions
 from playground.figures import X_AXES, health_figure, loss_figure
 from playground.runs_view import duration, human, list_runs, picked_by_user, run_choices
@@ -24,6 +25,11 @@ ZOOM_KEEPER = (Path(__file__).parent / "zoom_keeper.js").read_text()
 TICK_S = 2.0  # while a shown run is active
 IDLE_TICK_S = 10.0  # otherwise: a slow look, to notice a run that is resumed or launched elsewhere
 LOG_LINES = 40
+# Records one page keeps per run. Past this, older training points are thinned (every other one kept; evals,
+# samples and statuses all kept), so a page watching a 1M-step run holds a bounded amount of memory. Drawing
+# thins further (figures.MAX_POINTS).
+MAX_KEPT = 50_000
+DOWNLOADS = Path(tempfile.mkdtemp(prefix="gpt2-playground-metrics-"))  # this app's exported metrics files
 
 
 @dataclass
@@ -40,7 +46,16 @@ class RunCache:
             self.records = new
             return max(1, len(new))
         self.records += new
+        if len(self.records) > MAX_KEPT:
+            self.records = thin_records(self.records)
         return len(new)
+
+
+def thin_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every other training record (and the last one), every record of any other kind, in order."""
+    train = [i for i, r in enumerate(records) if r.get("kind") == "train"]
+    dropped = set(train[1:-1:2])
+    return [r for i, r in enumerate(records) if i not in dropped]
 
 
 @dataclass
@@ -218,6 +233,21 @@ def show_launched_run(tab: Tab, ctx: AppContext, launched: tuple[str, float] | N
     return {tab[key]: update for key, update in pickers(list_runs(ctx.jobs), name, others or []).items()}
 
 
+def metrics_files(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, Any]:
+    """The picked run's metrics as CSV and JSONL files for the two download buttons (None: nothing to offer)."""
+    out: dict[Any, Any] = {}
+    for fmt in ("csv", "jsonl"):
+        try:
+            text = export_records(ctx.jobs.run_dir(name or "") / "metrics.jsonl", fmt)
+        except (ValueError, OSError):  # no run picked, an unsafe name, or no metrics yet
+            out[tab[f"download_{fmt}"]] = None
+            continue
+        path = DOWNLOADS / f"{name}.metrics.{fmt}"
+        path.write_text(text)
+        out[tab[f"download_{fmt}"]] = str(path)
+    return out
+
+
 def stop_run(tab: Tab, ctx: AppContext, name: str | None) -> None:
     """Stop (the trainer saves a checkpoint); the refresh that follows sets the timer to watch it end."""
     stopped = actions.stop_run(ctx.jobs, name)
@@ -251,12 +281,17 @@ def _layout_pickers() -> dict[str, Any]:
                 stop_btn = gr.Button("Stop", size="md", min_width=70, elem_classes=["danger"], elem_id="monitor-stop")
                 resume_btn = gr.Button("Resume", size="md", min_width=70, elem_id="monitor-resume")
             refresh_btn = gr.Button("↻ Refresh", size="sm", variant="secondary")
+            with gr.Row():
+                download_csv = gr.DownloadButton("⬇ CSV", size="sm", min_width=70, elem_id="monitor-download-csv")
+                download_jsonl = gr.DownloadButton("⬇ JSONL", size="sm", min_width=70, elem_id="monitor-download-jsonl")
     return {
         "run": run,
         "compare": compare,
         "stop_btn": stop_btn,
         "resume_btn": resume_btn,
         "refresh_btn": refresh_btn,
+        "download_csv": download_csv,
+        "download_jsonl": download_jsonl,
         "picked": gr.State(False),  # the user chose the run (else the first, active, run is shown on open)
     }
 
@@ -298,6 +333,9 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
     for button, action in (("stop_btn", stop_run), ("resume_btn", resume_run)):
         clicked = tab[button].click(bind(action, tab, ctx), tab["run"], None)
         clicked.then(refresh, inputs, outputs, show_progress="hidden")
+    downloads = bind(metrics_files, tab, ctx), tab["run"], [tab["download_csv"], tab["download_jsonl"]]
+    tab["run"].change(*downloads, show_progress="hidden")  # the files as they are when the run is picked;
+    tab["refresh_btn"].click(*downloads, show_progress="hidden")  # ↻ brings a running run's newest lines
     tab.on_open += [OnOpen(choices, choice_inputs, pickers), OnOpen(refresh, inputs, outputs)]
 
 

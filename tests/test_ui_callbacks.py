@@ -576,3 +576,30 @@ def test_monitor_ticks_send_only_what_changed(tmp_path):
     assert timer.active and timer.value == monitor_tab.IDLE_TICK_S  # nothing active: a slow look, never off
     again = monitor_tab.refresh_monitor(tab, ctx, *view, first[tab["cache"]])
     assert set(again) == {tab["cache"]}  # nothing changed: nothing re-rendered
+
+
+def test_monitor_offers_the_runs_metrics_as_csv_and_jsonl(tmp_path):
+    from core.metrics import MetricsWriter, export_records
+    from playground import monitor_tab
+    from playground.tab import AppContext, Tab
+
+    ctx = AppContext.for_runs_dir(tmp_path)
+    w = MetricsWriter(tmp_path / "m" / "metrics.jsonl")
+    w.write("train", step=1, loss=5.0)
+    w.write("eval", step=1, val_loss=5.5)
+    w.close()
+    tab = Tab("monitor", {"download_csv": object(), "download_jsonl": object()})
+    out = monitor_tab.metrics_files(tab, ctx, "m")
+    for fmt in ("csv", "jsonl"):
+        shown = Path(out[tab[f"download_{fmt}"]]).read_text()
+        assert shown == export_records(tmp_path / "m" / "metrics.jsonl", fmt)
+    assert set(monitor_tab.metrics_files(tab, ctx, None).values()) == {None}
+
+
+def test_monitor_keeps_a_bounded_number_of_records_per_run():
+    from playground.monitor_tab import thin_records
+
+    records = [{"kind": "train", "step": i} for i in range(1, 11)] + [{"kind": "eval", "step": 10}]
+    kept = thin_records(records)
+    assert [r["step"] for r in kept if r["kind"] == "train"] == [1, 3, 5, 7, 9, 10]
+    assert kept[-1] == {"kind": "eval", "step": 10}
