@@ -126,9 +126,29 @@ def _empty(fig: go.Figure, text: str) -> go.Figure:
 
 
 def _line(xs: list, ys: list, max_points: int, keep_spikes: bool = True, **kw: Any) -> go.Scatter:
-    """A line trace through at most about max_points of the points (see downsample_indices)."""
+    """A line trace through at most about max_points of the points (see downsample_indices); a lone point (a run
+    that logged one step) is drawn as a marker, as a line through one point is invisible."""
     keep = downsample_indices(len(ys), max_points, ys if keep_spikes else None)
-    return go.Scatter(x=[xs[j] for j in keep], y=[ys[j] for j in keep], mode="lines", **kw)
+    mode = "lines+markers" if sum(_finite(ys[j]) for j in keep) == 1 else "lines"
+    return go.Scatter(x=[xs[j] for j in keep], y=[ys[j] for j in keep], mode=mode, **kw)
+
+
+# A log axis labels the ticks between powers of ten with their first digit alone ("3" for 0.3): "~g" prints the
+# whole number (0.3, 1, 20) on every tick.
+LOG_AXIS = dict(type="log", tickformat="~g")
+
+
+def failures(runs: dict[str, Records]) -> list[str]:
+    """'failed at step 1: CUDA out of memory...' for each run whose last status record says it failed."""
+    out = []
+    for name, records in runs.items():
+        last = next((r for r in reversed(records) if r.get("kind") == "status"), None)
+        if last and last.get("state") == "failed":
+            why = str(last.get("message") or "no message").splitlines()[0]
+            why = why if len(why) <= 110 else why[:109] + "…"
+            prefix = f"{name} " if len(runs) > 1 else ""
+            out.append(f"{prefix}failed at step {last.get('step', '?')}: {why}")
+    return out
 
 
 def loss_figure(
@@ -194,10 +214,25 @@ def loss_figure(
                 )
             )
             drawn = True
+    failed = failures(runs)
     if not drawn:
-        return _empty(fig, "No training steps recorded yet: the curve appears with the first ones")
+        return _empty(
+            fig, "<br>".join(failed) or "No training steps recorded yet: the curve appears with the first ones"
+        )
+    for i, text in enumerate(failed):  # why the curve stops, on the chart itself
+        fig.add_annotation(
+            text=text,
+            showarrow=False,
+            xref="paper",
+            yref="paper",
+            x=0.99,
+            y=0.97 - 0.07 * i,
+            xanchor="right",
+            font=dict(size=12, color="#991b1b"),
+            bgcolor="#fef2f2",
+        )
     fig.update_xaxes(title_text=X_AXES[x_axis])
-    fig.update_yaxes(title_text="cross-entropy loss", type="log" if log_y else "linear")
+    fig.update_yaxes(title_text="cross-entropy loss", **(LOG_AXIS if log_y else dict(type="linear")))
     return fig
 
 
@@ -248,7 +283,8 @@ def health_figure(
             )
     for c, (key, _) in enumerate(panels, start=1):
         fig.update_xaxes(title_text=X_AXES[x_axis], row=1, col=c, title_font=dict(size=11))
-        fig.update_yaxes(type="log" if log_y and key == "grad_norm" else "linear", row=1, col=c)
+        log = log_y and key == "grad_norm"
+        fig.update_yaxes(**(LOG_AXIS if log else dict(type="linear")), row=1, col=c)
         fig.update_yaxes(exponentformat="power" if key == "lr" else "none", row=1, col=c)
     fig.update_annotations(font=dict(size=13))
     return fig

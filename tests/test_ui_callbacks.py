@@ -244,6 +244,21 @@ def test_health_figure_shows_mfu_in_percent_when_known(tmp_path):
     assert list(fig.data[-1].y) == pytest.approx([42.0, 42.0])
 
 
+def test_a_run_that_failed_after_one_step_shows_its_point_and_why(tmp_path):
+    w = MetricsWriter(tmp_path / "m.jsonl")
+    w.write("train", step=1, tokens=64, loss=10.8, lr=1e-3, grad_norm=2.0, tok_per_s=10.0)
+    w.write("status", state="failed", step=1, message="CUDA out of memory.\nTried to allocate 2 GiB")
+    w.close()
+    records = read_all(tmp_path / "m.jsonl")
+    fig = figures.loss_figure({"run": records}, log_y=True)
+    assert "markers" in fig.data[0].mode and "markers" in figures.health_figure({"run": records}).data[0].mode
+    assert [a.text for a in fig.layout.annotations] == ["failed at step 1: CUDA out of memory."]
+    assert fig.layout.yaxis.tickformat == "~g"  # log ticks print 0.3, not "3"
+    assert figures.failures({"a": records, "b": []}) == ["a failed at step 1: CUDA out of memory."]
+    only_status = [r for r in records if r["kind"] == "status"]
+    assert "failed at step 1" in figures.loss_figure({"run": only_status}).layout.annotations[0].text
+
+
 def test_empty_run_gets_a_message_not_an_empty_axis():
     fig = figures.loss_figure({"run": []})
     assert "No training steps recorded yet" in fig.layout.annotations[0].text

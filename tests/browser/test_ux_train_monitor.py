@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -285,6 +286,7 @@ def test_a_busy_device_refusal_names_the_checkbox(app_server, page, tmp_path, jo
     assert "--allow-concurrent" not in message.inner_text()
 
     page.get_by_role("tab", name="Monitor").click()
+    page.wait_for_selector("#monitor-status [data-state]")  # opened: its pickers are filled
     pick(page, "monitor-run", "paused  ·  stopped")
     page.wait_for_selector("#monitor-status [data-state='stopped']")
     page.click("#monitor-resume")
@@ -419,3 +421,62 @@ def test_monitor_zoom_survives_refreshes(app_server, page, tmp_path, job):
     wait_for(lambda: plot_points(page) > points, 60, "a refresh after the reset", poll=0.5)
     page.wait_for_timeout(1000)
     assert page.evaluate(AXIS_RANGE)[0] == pytest.approx(1, abs=1)
+
+
+# ----- 15: readable log ticks; a run that failed after one step shows its point and why -----------------------------
+
+
+def metrics_run(runs: Path, name: str, records: list[tuple[str, dict]]) -> None:
+    (runs / name).mkdir(parents=True)
+    TrainConfig(run_name=name, preset="micro").to_json(runs / name / "config.json")
+    w = MetricsWriter(runs / name / "metrics.jsonl")
+    for kind, fields in records:
+        w.write(kind, **fields)
+    w.close()
+
+
+def pick_run(page, elem_id: str, name: str) -> None:
+    """Pick a run in a run picker, whatever state its label says."""
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=re.compile(f"^{re.escape(name)} ")).click()
+
+
+def tick_labels(page, chart: str, axis: str) -> list[float]:
+    texts = page.eval_on_selector_all(f"#{chart} .{axis}tick text", "els => els.map(e => e.textContent)")
+    return [float(t.replace("−", "-").replace(",", "")) for t in texts]
+
+
+def test_log_ticks_read_as_numbers_and_a_one_step_failure_shows_its_point(app_server, page, tmp_path):
+    runs = tmp_path / "runs"
+    train = dict(total_steps=300, lr=1e-3, tok_per_s=1000.0)
+    decaying = [
+        ("train", dict(step=s, tokens=64 * s, loss=5 - s / 100, grad_norm=0.3 + 12 * 0.95**s, **train))
+        for s in range(1, 301)
+    ]
+    metrics_run(runs, "decaying", decaying)
+    metrics_run(
+        runs,
+        "one-step",
+        [
+            ("train", dict(step=1, tokens=64, loss=10.8, grad_norm=2.0, **train)),
+            ("status", dict(state="failed", step=1, message="CUDA out of memory. Tried to allocate 2 GiB")),
+        ],
+    )
+    page.goto(app_server(runs))
+    page.get_by_role("tab", name="Monitor").click()
+    page.wait_for_selector("#monitor-status [data-state]")  # opened: its pickers are filled
+    pick_run(page, "monitor-run", "decaying")
+    page.wait_for_selector("#monitor-status:has-text('decaying')")
+    page.get_by_label("Log scale (loss, grad norm)").check()
+    page.wait_for_function(
+        "() => document.querySelector('#health-plot .js-plotly-plot')?._fullLayout.yaxis2.type === 'log'"
+    )
+    labels = tick_labels(page, "health-plot", "y2")  # the gradient norm panel, from 0.3 to 12
+    assert len(labels) >= 3 and labels == sorted(set(labels)), labels  # "3" must not stand for 0.3
+    assert labels[0] < 1 < labels[-1]
+
+    pick_run(page, "monitor-run", "one-step")
+    page.wait_for_selector("#monitor-status [data-state='failed']")
+    page.locator("#loss-plot .point").first.wait_for()  # the one step is drawn
+    page.locator("#health-plot .point").first.wait_for()
+    assert "out of memory" in page.locator("#loss-plot .annotation").first.text_content()
