@@ -155,11 +155,11 @@ def show_attention(
 ) -> dict[Any, Any]:
     """Compute the maps of the text and draw them all; the layer and head sliders fit the model. The model list
     is refreshed, so its label says what the maps are of."""
-    picker = refresh_model_choices(tab, ctx, choice)
     try:
+        picker = refresh_model_choices(tab, ctx, choice)
         result, message = compute_attention(ctx.runs_dir, choice, text)
     except Exception as e:  # never a stack trace in the browser
-        result, message = None, f"⚠ Could not compute attention: {type(e).__name__}: {e}"
+        picker, result, message = {}, None, f"⚠ Could not compute attention: {type(e).__name__}: {e}"
     if result is None:  # nothing of an earlier text or model stays on show
         return {tab["note"]: message, **picker, **cleared_maps(tab)}
     L, H = result.n_layer, result.n_head

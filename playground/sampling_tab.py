@@ -368,8 +368,8 @@ def generate_samples(
     except ConfigError as e:
         yield {status: f"⚠ {e}: fix the highlighted field, then press Generate.", **_fields(tab, names, e, notes, v)}
         return
-    fields = {**_fields(tab, names, None, notes, v), **refresh_model_choices(tab, ctx, choice)}
     try:
+        fields = {**_fields(tab, names, None, notes, v), **refresh_model_choices(tab, ctx, choice)}
         loaded = CACHE.get(ctx.runs_dir, choice)
         yield {output: EMPTY_SAMPLES, status: "Starting…", **fields}
         for shown in run_generation(loaded, text or "", cfg, stop_requested=flag.is_set):
