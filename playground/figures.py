@@ -151,6 +151,22 @@ def failures(runs: dict[str, Records]) -> list[str]:
     return out
 
 
+def _annotate_failures(fig: go.Figure, failed: list[str]) -> None:
+    """Why a curve stops, written on the chart itself (top right, one line per failed run)."""
+    for i, text in enumerate(failed):
+        fig.add_annotation(
+            text=text,
+            showarrow=False,
+            xref="paper",
+            yref="paper",
+            x=0.99,
+            y=0.97 - 0.07 * i,
+            xanchor="right",
+            font=dict(size=12, color="#991b1b"),
+            bgcolor="#fef2f2",
+        )
+
+
 def loss_figure(
     runs: dict[str, Records],
     smoothing: float = 0.6,
@@ -219,18 +235,7 @@ def loss_figure(
         return _empty(
             fig, "<br>".join(failed) or "No training steps recorded yet: the curve appears with the first ones"
         )
-    for i, text in enumerate(failed):  # why the curve stops, on the chart itself
-        fig.add_annotation(
-            text=text,
-            showarrow=False,
-            xref="paper",
-            yref="paper",
-            x=0.99,
-            y=0.97 - 0.07 * i,
-            xanchor="right",
-            font=dict(size=12, color="#991b1b"),
-            bgcolor="#fef2f2",
-        )
+    _annotate_failures(fig, failed)
     fig.update_xaxes(title_text=X_AXES[x_axis])
     fig.update_yaxes(title_text="cross-entropy loss", **(LOG_AXIS if log_y else dict(type="linear")))
     return fig
