@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from core.paths import UNRESTRICTED, AccessPolicy
-from playground import attention_tab, models_tab, monitor_tab, sampling_tab, train_tab
+from playground import attention_tab, models_tab, monitor_tab, sampling_tab, train_tab, url_state
 from playground.tab import AppContext, Tab
 
 HEADER = """
@@ -47,9 +47,11 @@ def build_ui(runs_dir: str | Path, access: AccessPolicy = UNRESTRICTED) -> gr.Bl
             with gr.Tab("Models", id="models") as item:
                 opened.append((item, models_tab.build(ctx)))
 
+        # The address names the tab and the run (url_state); the tabs' load steps follow the step that reads it.
+        loaded = url_state.wire(demo, tabs, ["train", "monitor", "sampling", "attention", "models"], monitor, ctx)
         for item, tab in opened:
             wire_on_open(item.select, tab)
-            wire_on_open(demo.load, tab)
+            wire_on_open(loaded.then, tab)
         # A launched (or resumed) run opens in Monitor, which follows it live.
         monitor_tab.follow(monitor, ctx, train["launched"]).then(
             lambda: gr.Tabs(selected=monitor.id), None, tabs, queue=False
