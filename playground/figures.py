@@ -129,6 +129,22 @@ def _line(xs: list, ys: list, max_points: int, keep_spikes: bool = True, **kw: A
 LOG_AXIS = dict(type="log", tickformat="~g")
 
 
+def _note_failures(fig: go.Figure, failed: list[str]) -> None:
+    """Why a curve stops, on the chart itself (top right, one line per failed run)."""
+    for i, text in enumerate(failed):
+        fig.add_annotation(
+            text=text,
+            showarrow=False,
+            xref="paper",
+            yref="paper",
+            x=0.99,
+            y=0.97 - 0.07 * i,
+            xanchor="right",
+            font=dict(size=12, color="#991b1b"),
+            bgcolor="#fef2f2",
+        )
+
+
 def failures(runs: dict[str, Records]) -> list[str]:
     """'failed at step 1: CUDA out of memory...' for each run whose last status record says it failed."""
     out = []
@@ -210,18 +226,7 @@ def loss_figure(
         return _empty(
             fig, "<br>".join(failed) or "No training steps recorded yet: the curve appears with the first ones"
         )
-    for i, text in enumerate(failed):  # why the curve stops, on the chart itself
-        fig.add_annotation(
-            text=text,
-            showarrow=False,
-            xref="paper",
-            yref="paper",
-            x=0.99,
-            y=0.97 - 0.07 * i,
-            xanchor="right",
-            font=dict(size=12, color="#991b1b"),
-            bgcolor="#fef2f2",
-        )
+    _note_failures(fig, failed)
     fig.update_xaxes(title_text=X_AXES[x_axis])
     fig.update_yaxes(title_text="cross-entropy loss", **(LOG_AXIS if log_y else dict(type="linear")))
     return fig
