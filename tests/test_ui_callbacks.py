@@ -591,5 +591,8 @@ def test_monitor_ticks_send_only_what_changed(tmp_path):
     assert ("done-run  ·  done", "done-run") in first[tab["run"]]["choices"]
     timer = first[tab["timer"]]
     assert timer.active and timer.value == monitor_tab.IDLE_TICK_S  # nothing active: a slow look, never off
-    again = monitor_tab.refresh_monitor(tab, ctx, *view, first[tab["cache"]])
+    cache = first[tab["cache"]]
+    again = monitor_tab.refresh_monitor(tab, ctx, "done-run", ["failed-run"], 0.6, "step", False, cache)
     assert set(again) == {tab["cache"]}  # nothing changed: nothing re-rendered
+    swapped = monitor_tab.refresh_monitor(tab, ctx, "failed-run", ["failed-run"], 0.6, "step", False, cache)
+    assert swapped[tab["compare"]]["value"] == [] and "failed-run" not in str(swapped[tab["compare"]]["choices"])
