@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from core.paths import UNRESTRICTED, AccessPolicy
-from playground import api, attention_tab, inside_tab, models_tab, monitor_tab, sampling_tab, train_tab
+from playground import api, attention_tab, inside_tab, models_tab, monitor_tab, sampling_tab, train_tab, url_state
 from playground.tab import AppContext, Tab
 
 HEADER = """
@@ -54,9 +54,12 @@ def build_ui(runs_dir: str | Path, access: AccessPolicy = UNRESTRICTED) -> gr.Bl
             with gr.Tab("Models", id="models") as item:
                 opened.append((item, models_tab.build(ctx)))
 
+        # The address names the tab and the run (url_state); the tabs' load steps follow the step that reads it.
+        tab_ids = ["train", "monitor", "sampling", "attention", "inside", "models"]
+        loaded = url_state.wire(demo, tabs, tab_ids, monitor, ctx)
         for item, tab in opened:
             wire_on_open(item.select, tab)
-            wire_on_open(demo.load, tab)
+            wire_on_open(loaded.then, tab)
         for item, tab in opened_lazily:
             wire_on_open(item.select, tab)
         inside_tab.connect_branch(inside, sampling["prompt"], tabs)  # branching from a token continues in Sampling

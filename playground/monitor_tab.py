@@ -66,6 +66,7 @@ class MonitorCache:
     view: tuple = ()  # the last drawn (runs, settings): unchanged view + no new records = nothing to redraw
     sent: dict[str, Any] = field(default_factory=dict)  # the card, sample, log and timer last sent
     labels: dict[str, str] = field(default_factory=dict)  # run -> the state its picker label says
+    main: str | None = None  # the run Compare with's choices were last sent without
 
 
 def read_runs(jobs: Jobs, cache: MonitorCache, names: list[str]) -> tuple[dict[str, list[dict[str, Any]]], int]:
@@ -187,8 +188,8 @@ def refresh_monitor(
     pickers' labels when a shown run changed state. The timer ticks fast while a shown run is active, and slowly
     otherwise, so a run resumed elsewhere (another browser tab, a terminal) is followed again."""
     cache = cache or MonitorCache()
-    others = [n for n in others or [] if n != name]
-    names = list(dict.fromkeys(n for n in [name, *others] if n))
+    compared = [n for n in others or [] if n != name]
+    names = list(dict.fromkeys(n for n in [name, *compared] if n))
     records, new = read_runs(ctx.jobs, cache, names)
     statuses = _statuses(ctx.jobs, names)
     st = statuses.get(name) if name else None
@@ -201,10 +202,11 @@ def refresh_monitor(
     }
     out = {**_send_changed(tab, cache, values), tab["cache"]: cache}
     labels = {n: s.state for n, s in statuses.items() if isinstance(s, JobStatus)}
-    if any(cache.labels.get(n) != state for n, state in labels.items()):  # a label in a picker is out of date
+    stale = any(cache.labels.get(n) != state for n, state in labels.items())  # a label says another state
+    if stale or name != cache.main or compared != (others or []):  # or Compare with still offers the main run
         runs = list_runs(ctx.jobs)
-        cache.labels = {r.name: r.state for r in runs}
-        out |= {tab[key]: update for key, update in pickers(runs, name, others).items()}
+        cache.labels, cache.main = {r.name: r.state for r in runs}, name
+        out |= {tab[key]: update for key, update in pickers(runs, name, compared).items()}
     view = (tuple(names), smooth, axis, logy)
     if new or view != cache.view:  # else the plots keep what they show
         key = "|".join(names) + axis  # the browser keeps the zoom of this key across redraws (ZOOM_KEEPER)

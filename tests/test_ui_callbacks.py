@@ -506,8 +506,10 @@ def test_models_callbacks_pick_ask_and_delete(tmp_path):
 
 def test_app_opens_each_tab_with_its_on_open_steps(tmp_path):
     demo = build_ui(tmp_path / "runs")
-    on_load = {fn.name for fn in demo.fns.values() if any(event == "load" for _, event in fn.targets)}
-    assert {"refresh_run_pickers", "refresh_run_choices", "refresh_models"} <= on_load
+    loads = {i for i, fn in demo.fns.items() if any(event == "load" for _, event in fn.targets)}
+    after_load = {fn.name for fn in demo.fns.values() if fn.trigger_after in loads}  # after the address is read
+    assert {"open_from_address"} <= {demo.fns[i].name for i in loads}
+    assert {"refresh_run_pickers", "refresh_run_choices", "refresh_models"} <= after_load
     followers = [fn for fn in demo.fns.values() if fn.name == "show_launched_run"]
     assert len(followers) == 1 and [e for _, e in followers[0].targets] == ["change"]
 
@@ -589,8 +591,11 @@ def test_monitor_ticks_send_only_what_changed(tmp_path):
     assert ("done-run  ·  done", "done-run") in first[tab["run"]]["choices"]
     timer = first[tab["timer"]]
     assert timer.active and timer.value == monitor_tab.IDLE_TICK_S  # nothing active: a slow look, never off
-    again = monitor_tab.refresh_monitor(tab, ctx, *view, first[tab["cache"]])
+    cache = first[tab["cache"]]
+    again = monitor_tab.refresh_monitor(tab, ctx, "done-run", ["failed-run"], 0.6, "step", False, cache)
     assert set(again) == {tab["cache"]}  # nothing changed: nothing re-rendered
+    swapped = monitor_tab.refresh_monitor(tab, ctx, "failed-run", ["failed-run"], 0.6, "step", False, cache)
+    assert swapped[tab["compare"]]["value"] == [] and "failed-run" not in str(swapped[tab["compare"]]["choices"])
 
 
 def test_monitor_offers_the_runs_metrics_as_csv_and_jsonl(tmp_path):

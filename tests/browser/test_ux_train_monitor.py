@@ -480,3 +480,33 @@ def test_log_ticks_read_as_numbers_and_a_one_step_failure_shows_its_point(app_se
     page.locator("#loss-plot .point").first.wait_for()  # the one step is drawn
     page.locator("#health-plot .point").first.wait_for()
     assert "out of memory" in page.locator("#loss-plot .annotation").first.text_content()
+
+
+# ----- 16: the address holds the tab and the run: bookmarks, Back and Forward ---------------------------------------
+
+
+def selected_tab(page, tab_id: str) -> None:
+    page.wait_for_selector(f"button[role=tab][data-tab-id='{tab_id}'][aria-selected='true']")
+
+
+def test_the_address_holds_the_tab_and_the_run(app_server, page, tmp_path):
+    runs = tmp_path / "runs"
+    saved_run(runs, "bookmarked")
+    saved_run(runs, "newest")
+    url = app_server(runs)
+    page.goto(url + "?tab=monitor&run=bookmarked")  # a bookmark
+    selected_tab(page, "monitor")
+    page.wait_for_selector("#monitor-status:has-text('bookmarked')")
+    wait_picked(page, "monitor-run", "bookmarked  ·  done")
+
+    page.get_by_role("tab", name="Models").click()
+    page.wait_for_url("**tab=models**")
+    page.go_back()  # stays in the app, on the tab before
+    selected_tab(page, "monitor")
+    assert "tab=monitor" in page.url
+    page.go_forward()
+    selected_tab(page, "models")
+
+    page.get_by_role("tab", name="Monitor").click()
+    pick_run(page, "monitor-run", "newest")
+    page.wait_for_url("**run=newest**")
