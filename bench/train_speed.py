@@ -208,7 +208,8 @@ def main() -> None:
         for job in jobs if r % 2 == 0 else jobs[::-1]:  # A B C C B A ...: drifts in load hit all alike
             res = run_worker(job)
             results[job].append(res)
-            print(f"  round {r + 1}: {job[0]} {job[1]} {1000 * res['s_per_step']:.0f} ms/step", flush=True)
+            ms, gb = 1000 * res["s_per_step"], res["peak_rss"] / 1e9
+            print(f"  round {r + 1}: {job[0]} {job[1]} {ms:.0f} ms/step, peak RSS {gb:.2f} GB", flush=True)
     report(results, a.batch_size * a.seq_len, device)
 
 
