@@ -72,7 +72,7 @@ BAD_VALUES = {
     "shard_tokens": 0,
     "batch_size": "16",
     "seq_len": 0,
-    "total_batch_tokens": 0,
+    "total_batch_tokens": -512,
     "max_steps": 0,
     "max_tokens": -1,
     "lr": 0.0,
