@@ -467,6 +467,7 @@ def launch_run(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
     """Validate and launch; the launched marker (run, time) makes the Monitor tab follow the new run."""
     v, shown = _form(values)
     kept = {"command": shown.command, "batch": shown.batch} if shown else {}
+    kept["model"] = model_hint(v, ctx.runs_dir, ctx.access)
     try:
         cfg = form_to_config(v, ctx.runs_dir, access=ctx.access, list_files=True)
         job = ctx.jobs.launch(cfg, allow_concurrent=bool(v["allow_concurrent"]))
