@@ -47,7 +47,7 @@ HIGHLIGHT_JS = """
 
 
 # The hints under the Layer and Head sliders; a note about a moved value replaces them (in red) until the next one.
-INDEX_HINTS = {"layer": "0 = the layer nearest the input", "head": "a head of that layer, from 0"}
+INDEX_HINTS = {"layer": "0 = the first", "head": "0 = the first"}
 
 
 def fit_index(value: Any, count: int, what: str) -> tuple[int, str | None]:
