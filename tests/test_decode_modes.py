@@ -22,9 +22,10 @@ from core.quant import Int8Linear, RefinedHead, bf16_copy, int8_copy
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = torch.randint(0, 50257, (16,), generator=torch.Generator().manual_seed(0)).tolist()
 
-# Bounds for the tiny preset (random weights, logits of std ~0.5), teacher-forced over 100 steps. Measured:
-# bf16 max diff 0.02, int8 0.03, both 100 % agreement; the bounds leave room for other CPUs' kernels.
-QUALITY = {"bf16": (0.1, 0.95), "int8": (0.15, 0.95)}
+# (max logit difference, min greedy agreement) for the tiny preset (random weights, logits of std ~0.5),
+# teacher-forced over 100 steps. Measured here: bf16 0.009 and 99 %, int8 0.018 and 100 %; the bounds leave
+# room for other CPUs' kernels.
+QUALITY = {"bf16": (0.05, 0.95), "int8": (0.08, 0.95)}
 
 
 def _model(preset: str = "tiny", seed: int = 0, **overrides) -> GPT:
