@@ -93,8 +93,9 @@ def test_exposed_init_from_is_confined_to_the_allowed_folders(site):
         assert "allowed folders" in message
     assert len(messages) == 1
     for ok in (runs / "mine", shared / "gpt2-folder"):
-        assert form_to_config(form(init_from=str(ok)), runs, access=access).init_from == str(ok.resolve())
-    assert form_to_config(form(init_from=str(private / "gpt2-secret")), runs).init_from  # loopback: free
+        # seq_len 32: the micro weights' context (the form follows the model it starts from)
+        assert form_to_config(form(init_from=str(ok), seq_len=32), runs, access=access).init_from == str(ok.resolve())
+    assert form_to_config(form(init_from=str(private / "gpt2-secret"), seq_len=32), runs).init_from  # loopback: free
 
 
 def test_exposed_import_box_reads_only_allowed_folders(site):
