@@ -63,6 +63,7 @@ def timed(
         tokens[name] = fn()
         sync(device)
         warm[name] = time.perf_counter() - t0
+        print(f"  warm-up {name}: {warm[name]:.1f}s", file=sys.stderr, flush=True)  # progress: compiling is slow
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(repeats):
         for name in list(fns) if r % 2 == 0 else list(fns)[::-1]:
@@ -71,6 +72,7 @@ def timed(
             tokens[name] = fns[name]()
             sync(device)
             times[name].append(time.perf_counter() - t0)
+        print(f"  round {r + 1}/{repeats} done", file=sys.stderr, flush=True)
     return warm, {name: statistics.median(t) for name, t in times.items()}, tokens
 
 
