@@ -91,9 +91,11 @@ def test_exposed_init_from_is_confined_to_the_allowed_folders(site):
         messages.add(message.replace(str(path), "<path>"))
         assert "allowed folders" in message
     assert len(messages) == 1
+    # (seq_len 32: the form checks it against the context of the weights, a micro model's here)
     for ok in (runs / "mine", shared / "gpt2-folder"):
-        assert form_to_config(form(init_from=str(ok)), runs, access=access).init_from == str(ok.resolve())
-    assert form_to_config(form(init_from=str(private / "gpt2-secret")), runs).init_from  # loopback: free
+        cfg = form_to_config(form(init_from=str(ok), seq_len=32), runs, access=access)
+        assert cfg.init_from == str(ok.resolve())
+    assert form_to_config(form(init_from=str(private / "gpt2-secret"), seq_len=32), runs).init_from  # loopback: free
 
 
 def test_exposed_import_box_reads_only_allowed_folders(site):
