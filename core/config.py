@@ -237,7 +237,6 @@ class TrainConfig:
             at_least("shard_tokens", 1),
             (bool(self.data_cache), "data_cache", "data_cache is empty; give a folder for the token cache"),
             at_least("batch_size", 1),
-            at_least("seq_len", 1),
             (
                 (self.total_batch_tokens or 0) >= 0,
                 "total_batch_tokens",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,6 +17,8 @@ import torch
 import torch.distributed as dist
 
 from core.device import pick_device
+
+_GLOO_SETTLE_S = 0.05
 
 
 @dataclass
@@ -58,6 +61,10 @@ def setup(device_pref: str = "auto", timeout_s: float = 1800) -> DistContext:
 def teardown() -> None:
     """Leave the process group (safe to call twice, or when there is none)."""
     if dist.is_available() and dist.is_initialized():
+        # A gloo worker thread releases a finished collective's tensors just after wait() returns, and that
+        # takes the GIL: if the interpreter is already finalizing, the process aborts (pytorch/pytorch#179291).
+        # Sleeping hands the GIL over so the workers finish first.
+        time.sleep(_GLOO_SETTLE_S)
         with contextlib.suppress(Exception):  # a peer already died: nothing left to tear down cleanly
             dist.destroy_process_group()
 
