@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from core.checkpoint import CheckpointError, list_checkpoints
 from core.config import ConfigError
-from core.jobs import DeviceBusy, JobError, Jobs
+from core.jobs import STOP_TIMEOUT_S, DeviceBusy, JobError, Jobs
 from playground.runs_view import folder_size, megabytes
 
 PICK_A_RUN = "Pick a run first."
@@ -28,12 +28,18 @@ class Outcome:
     message: str
 
 
-def stop_run(jobs: Jobs, name: str | None) -> Outcome:
-    """Ask the run to stop; returns at once (the trainer saves a checkpoint and exits on its own)."""
+MAX_STOP_TIMEOUT_S = 24 * 3600
+
+
+def stop_run(jobs: Jobs, name: str | None, timeout_s: float | None = STOP_TIMEOUT_S) -> Outcome:
+    """Ask the run to stop; returns at once (the trainer saves a checkpoint and exits on its own). If it has not
+    exited `timeout_s` seconds later it is killed, unless a checkpoint is being saved then (that is waited for)."""
     if not name:
         return Outcome(False, PICK_A_RUN)
+    if timeout_s is None or not 1 <= timeout_s <= MAX_STOP_TIMEOUT_S:
+        return Outcome(False, f"Stop timeout must be between 1 and {MAX_STOP_TIMEOUT_S} seconds, got {timeout_s}.")
     try:
-        st = jobs.stop(name, wait=False)
+        st = jobs.stop(name, timeout=float(timeout_s), wait=False)
     except EXPECTED as e:  # unknown run, survivors, unsafe name: a message, never a trace
         return Outcome(False, f"Could not stop {name}: {e}")
     if not st.active:  # it had ended already: stop did nothing, say so

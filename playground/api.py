@@ -28,7 +28,7 @@ from core.checkpoint import CheckpointError, read_state, resolve_checkpoint
 from core.config import ConfigError, TrainConfig
 from core.data import BUNDLED, DataError, check_source
 from core.generation import SamplingConfig, filter_probs, prompt_tokens, stream
-from core.jobs import JobError
+from core.jobs import STOP_TIMEOUT_S, JobError
 from core.metrics import export_records
 from core.runs import list_checkpoints
 from core.tokenizer import encode, token_str
@@ -271,13 +271,14 @@ def launch(ctx: AppContext, config: dict[str, Any], allow_concurrent: bool = Fal
     return {"run": job.name, "pid": job.pid, "command": job.command}
 
 
-def stop(ctx: AppContext, run: str) -> dict[str, Any]:
+def stop(ctx: AppContext, run: str, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, Any]:
     """Ask a run to stop: {"ok", "message"}; it saves a checkpoint and exits on its own (poll /status).
 
     Args:
         run: the run's name
+        timeout_s: seconds before a run that has not exited is killed (a checkpoint being saved is waited for)
     """
-    outcome = actions.stop_run(ctx.jobs, run)
+    outcome = actions.stop_run(ctx.jobs, run, timeout_s)
     return {"ok": outcome.ok, "message": outcome.message}
 
 

@@ -18,7 +18,7 @@ from core.jobs import Jobs, JobStatus
 from core.metrics import MetricsReader, export_records
 from playground import actions
 from playground.figures import X_AXES, health_figure, loss_figure
-from playground.runs_view import duration, human, list_runs, picked_by_user, run_choices
+from playground.runs_view import duration, human, list_runs, picked_by_user, run_choices, stop_timeout_box
 from playground.tab import AppContext, OnOpen, Tab, bind
 
 ZOOM_KEEPER = (Path(__file__).parent / "zoom_keeper.js").read_text()
@@ -250,9 +250,9 @@ def metrics_files(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, Any]
     return out
 
 
-def stop_run(tab: Tab, ctx: AppContext, name: str | None) -> None:
+def stop_run(tab: Tab, ctx: AppContext, name: str | None, timeout_s: float | None) -> None:
     """Stop (the trainer saves a checkpoint); the refresh that follows sets the timer to watch it end."""
-    stopped = actions.stop_run(ctx.jobs, name)
+    stopped = actions.stop_run(ctx.jobs, name, timeout_s)
     if not stopped.ok:
         gr.Warning(stopped.message)
 
@@ -282,6 +282,7 @@ def _layout_pickers() -> dict[str, Any]:
             with gr.Row():
                 stop_btn = gr.Button("Stop", size="md", min_width=70, elem_classes=["danger"], elem_id="monitor-stop")
                 resume_btn = gr.Button("Resume", size="md", min_width=70, elem_id="monitor-resume")
+            stop_timeout = stop_timeout_box("monitor-stop-timeout")
             refresh_btn = gr.Button("↻ Refresh", size="sm", variant="secondary")
             with gr.Row():
                 download_csv = gr.DownloadButton("⬇ CSV", size="sm", min_width=70, elem_id="monitor-download-csv")
@@ -290,6 +291,7 @@ def _layout_pickers() -> dict[str, Any]:
         "run": run,
         "compare": compare,
         "stop_btn": stop_btn,
+        "stop_timeout": stop_timeout,
         "resume_btn": resume_btn,
         "refresh_btn": refresh_btn,
         "download_csv": download_csv,
@@ -332,8 +334,8 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
     choices = bind(refresh_run_choices, tab, ctx)
     choice_inputs, pickers = [tab["run"], tab["compare"], tab["picked"]], [tab["run"], tab["compare"]]
     tab["refresh_btn"].click(choices, choice_inputs, pickers).then(refresh, inputs, outputs, show_progress="hidden")
-    for button, action in (("stop_btn", stop_run), ("resume_btn", resume_run)):
-        clicked = tab[button].click(bind(action, tab, ctx), tab["run"], None)
+    for button, action, args in (("stop_btn", stop_run, ["run", "stop_timeout"]), ("resume_btn", resume_run, ["run"])):
+        clicked = tab[button].click(bind(action, tab, ctx), [tab[a] for a in args], None)
         clicked.then(refresh, inputs, outputs, show_progress="hidden")
     downloads = bind(metrics_files, tab, ctx), tab["run"], [tab["download_csv"], tab["download_jsonl"]]
     tab["run"].change(*downloads, show_progress="hidden")  # the files as they are when the run is picked;

@@ -1,11 +1,13 @@
-"""Shared helpers of the tabs: run pickers and human-readable numbers."""
+"""Shared helpers of the tabs: run pickers, the stop timeout box and human-readable numbers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from core.jobs import Jobs, JobStatus
+import gradio as gr
+
+from core.jobs import STOP_TIMEOUT_S, Jobs, JobStatus
 
 
 def list_runs(jobs: Jobs) -> list[JobStatus]:
@@ -29,6 +31,18 @@ def picked_by_user(tab: Any, ctx: Any) -> dict[Any, Any]:
     """Callback of a run picker's input event: the user chose this run, so it stays when the tab opens again
     (instead of the active run). `tab` has a "picked" gr.State."""
     return {tab["picked"]: True}
+
+
+def stop_timeout_box(elem_id: str) -> gr.Number:
+    """Seconds Stop gives a run to save and exit before it is killed (never while a checkpoint is being saved)."""
+    return gr.Number(
+        STOP_TIMEOUT_S,
+        label="Kill after (s)",
+        info="if it has not exited by then; a checkpoint being saved is always waited for",
+        precision=0,
+        min_width=70,
+        elem_id=elem_id,
+    )
 
 
 def human(n: float | None, digits: int = 3) -> str:

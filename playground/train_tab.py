@@ -28,7 +28,15 @@ from core.paths import UNRESTRICTED, AccessPolicy
 from core.runs import validate_run_name
 from core.weights import resolve_source
 from playground import actions
-from playground.runs_view import duration, first_active, human, list_runs, picked_by_user, run_choices
+from playground.runs_view import (
+    duration,
+    first_active,
+    human,
+    list_runs,
+    picked_by_user,
+    run_choices,
+    stop_timeout_box,
+)
 from playground.tab import AppContext, OnOpen, Tab, bind
 
 DATA_SOURCES = {
@@ -504,8 +512,8 @@ def watch_picked_run(tab: Tab, ctx: AppContext, name: str | None, labelled: str 
     return out
 
 
-def stop_picked_run(tab: Tab, ctx: AppContext, name: str | None) -> dict[Any, Any]:
-    stopped = actions.stop_run(ctx.jobs, name)
+def stop_picked_run(tab: Tab, ctx: AppContext, name: str | None, timeout_s: float | None) -> dict[Any, Any]:
+    stopped = actions.stop_run(ctx.jobs, name, timeout_s)
     if not stopped.ok:
         return {tab["run_md"]: f"⚠ {stopped.message}"}
     return {tab["run_md"]: stopped.message, tab["manage_timer"]: gr.Timer(active=True)}  # the timer follows it
@@ -641,6 +649,7 @@ def _layout_manage(ctx: AppContext) -> dict[str, Any]:
             "Stop", size="md", scale=1, min_width=76, elem_classes=["danger"], elem_id="train-stop"
         )
         c["resume_btn"] = gr.Button("Resume", size="md", scale=1, min_width=86, elem_id="train-resume")
+        c["stop_timeout"] = stop_timeout_box("train-stop-timeout")
     c["run_md"] = gr.Markdown(PICK_A_RUN_HINT, elem_classes=["hint"], elem_id="train-run-summary")
     # The run just launched or resumed, as (name, time): the Monitor tab follows it.
     c["launched"] = gr.State(None)
@@ -690,7 +699,8 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
     watched = [tab["run_md"], tab["manage_timer"], picker, tab["labelled"]]
     picker.change(watch, [picker, tab["labelled"]], watched, queue=False, show_progress="hidden")
     tab["manage_timer"].tick(watch, [picker, tab["labelled"]], watched, show_progress="hidden")
-    tab["stop_btn"].click(bind(stop_picked_run, tab, ctx), picker, [tab["run_md"], tab["manage_timer"]])
+    stop_inputs = [picker, tab["stop_timeout"]]
+    tab["stop_btn"].click(bind(stop_picked_run, tab, ctx), stop_inputs, [tab["run_md"], tab["manage_timer"]])
     tab["resume_btn"].click(
         bind(resume_picked_run, tab, ctx),
         [picker, tab["allow_concurrent"]],

@@ -172,7 +172,10 @@ def test_stop_and_resume_a_run(client: Client, runs_dir: Path, trained: list[dic
     long = {**MICRO, "run_name": "api-long", "max_steps": 100_000, "ckpt_interval": 0, "eval_interval": 0}
     assert client.predict(long, api_name="/launch").get("run") == "api-long"
     wait_for(lambda: (client.predict("api-long", api_name="/status")["step"] or 0) > 0, 120, "a first step")
-    assert client.predict("api-long", api_name="/stop")["ok"]
+    refused = client.predict("api-long", 0, api_name="/stop")  # timeout_s
+    assert not refused["ok"] and "Stop timeout must be between 1 and" in refused["message"], refused
+    assert client.predict("api-long", api_name="/status")["state"] == "running"
+    assert client.predict("api-long", 60, api_name="/stop")["ok"]
     wait_for(lambda: client.predict("api-long", api_name="/status")["state"] == "stopped", 120, "the stop", poll=0.5)
     resumed = client.predict("api-long", api_name="/resume")
     assert resumed["ok"], resumed

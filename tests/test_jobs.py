@@ -369,6 +369,25 @@ def test_stop_kills_a_job_that_is_not_saving_after_the_timeout(jobs, monkeypatch
     assert_all_gone(rec["job_id"], rec["pid"])
 
 
+def test_the_ui_stop_honours_its_timeout_field(jobs, monkeypatch):
+    """Stop from the UI (and the API) takes the "Kill after (s)" value: a trainer deaf to SIGTERM is killed after it,
+    not after the 30 s default; a value that cannot work is refused with a message and stops nothing."""
+    from playground import actions
+
+    use_fake_trainer(jobs, monkeypatch, "deaf")
+    rec = launch_fake(jobs, "deaf")
+    for bad in (0, -5, None, 10**9):
+        refused = actions.stop_run(jobs, "deaf", bad)
+        assert not refused.ok and refused.message.startswith("Stop timeout must be between 1 and"), refused
+    assert job_record(jobs, "deaf")["state"] == "running"
+    t0 = time.monotonic()
+    assert actions.stop_run(jobs, "deaf", 2).ok
+    st = wait_for(lambda: None if (s := jobs.status("deaf")).active else s, 25, "the deaf trainer to be killed")
+    assert 1.5 <= time.monotonic() - t0 < 20, "the UI's timeout was not used"
+    assert st.state == "stopped" and job_record(jobs, "deaf")["killed"] is True
+    assert_all_gone(rec["job_id"], rec["pid"])
+
+
 def test_a_save_that_never_ends_is_killed_at_the_cap(jobs, monkeypatch):
     monkeypatch.setattr(manager, "SAVE_WAIT_CAP_S", 2)
     use_fake_trainer(jobs, monkeypatch, "saver", save_s=120)

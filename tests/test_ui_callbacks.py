@@ -402,7 +402,9 @@ def test_train_callbacks_put_errors_next_to_their_field(tmp_path):
     assert out[tab["run_name"]]["elem_classes"] == ["field-error"] and "already exists" in out[tab["run_name"]]["info"]
     assert out[tab["message"]].startswith("⚠ Not launched: a run named 'taken'") and tab["launched"] not in out
     assert train_tab.resume_picked_run(tab, ctx, "taken")[tab["run_md"]].startswith("⚠ Could not resume taken")
-    assert train_tab.stop_picked_run(tab, ctx, None) == {tab["run_md"]: "⚠ Pick a run first."}
+    assert train_tab.stop_picked_run(tab, ctx, None, 30) == {tab["run_md"]: "⚠ Pick a run first."}
+    refused = train_tab.stop_picked_run(tab, ctx, "taken", 0)[tab["run_md"]]
+    assert refused == "⚠ Stop timeout must be between 1 and 86400 seconds, got 0."
     watched = train_tab.watch_picked_run(tab, ctx, None, None)
     assert watched[tab["run_md"]] == "Pick a run to stop or resume it." and not watched[tab["manage_timer"]].active
     watched = train_tab.watch_picked_run(tab, ctx, "taken", None)  # a folder with no run in it: not active

@@ -12,7 +12,7 @@ import pytest
 from core.checkpoint import save_checkpoint
 from core.config import TrainConfig, model_config
 from core.hf import import_to_run
-from core.jobs import Jobs
+from core.jobs import STOP_TIMEOUT_S, Jobs
 from core.metrics import MetricsWriter
 from core.model import GPT
 from tests.browser.test_train_monitor import pick, plot_points
@@ -215,6 +215,12 @@ def test_fractions_empty_files_and_stopping_a_finished_run_are_answered(app_serv
 
     page.get_by_role("tab", name="Monitor").click()
     page.wait_for_selector("#monitor-status [data-state='done']")
+    kill_after = page.locator("#monitor-stop-timeout input")
+    assert float(kill_after.input_value()) == STOP_TIMEOUT_S
+    kill_after.fill("0")
+    page.click("#monitor-stop")
+    page.locator(".toast-body", has_text="Stop timeout must be between 1 and 86400 seconds, got 0").wait_for()
+    kill_after.fill("45")
     page.click("#monitor-stop")
     page.locator(".toast-body", has_text="finished is already done: there is nothing to stop").wait_for()
 
