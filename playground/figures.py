@@ -239,7 +239,7 @@ def loss_figure(
             fig, "<br>".join(failed) or "No training steps recorded yet: the curve appears with the first ones"
         )
     _annotate_failures(fig, failed)
-    add_references(fig, references)
+    add_references(fig, references, log_y)
     fig.update_xaxes(title_text=X_AXES[x_axis])
     fig.update_yaxes(title_text="cross-entropy loss", **(LOG_AXIS if log_y else dict(type="linear")))
     return fig
@@ -248,9 +248,10 @@ def loss_figure(
 REFERENCE_COLORS = ["#6b7280", "#b45309", "#7c3aed"]
 
 
-def add_references(fig: go.Figure, references: Sequence[Reference]) -> None:
+def add_references(fig: go.Figure, references: Sequence[Reference], log_y: bool = False) -> None:
     """Each reference as a dashed horizontal line across the x range drawn so far, named in the legend and labelled
-    at its right end. Line traces (not shapes) so that a log y axis places them by value like the curves."""
+    above its right end. Line traces, not shapes, so that a log y axis places them by value like the curves; the
+    labels are annotations, whose y a log axis reads as log10 of the value."""
     xs = [x for trace in fig.data for x in (trace.x or ()) if _finite(x)]
     if not xs:
         return
@@ -261,15 +262,21 @@ def add_references(fig: go.Figure, references: Sequence[Reference]) -> None:
             go.Scatter(
                 x=[lo, hi],
                 y=[ref.value, ref.value],
-                mode="lines+text",
-                text=["", ref.label],
-                textposition="top left",
-                textfont=dict(size=11, color=color),
+                mode="lines",
                 line=dict(color=color, width=1.2, dash="dash"),
                 name=ref.label,
                 legendgroup="references",
                 hoverinfo="skip",
             )
+        )
+        fig.add_annotation(
+            text=ref.label,
+            x=hi,
+            y=math.log10(ref.value) if log_y else ref.value,
+            xanchor="right",
+            yanchor="bottom",
+            showarrow=False,
+            font=dict(size=11, color=color),
         )
 
 

@@ -77,7 +77,9 @@ def test_loss_chart_draws_the_init_line_and_gpt2_on_fineweb_edu_across_the_steps
         lines = [t for t in fig.data if t.legendgroup == "references"]
         assert [t.y for t in lines] == [(INIT_LOSS, INIT_LOSS), (GPT2_124M_FINEWEB_EDU_VAL_LOSS,) * 2]
         assert all(t.x == (1, 30) and t.line.dash == "dash" for t in lines)  # across every drawn step
-        assert [t.text[-1] for t in lines] == [r.label for r in refs]  # labelled on the chart, not only the legend
+        labels = [(a.text, a.x, a.y) for a in fig.layout.annotations]  # on the chart, not only in the legend
+        to_y = math.log10 if log_y else float
+        assert labels == [(r.label, 30, pytest.approx(to_y(r.value))) for r in refs]
         assert fig.layout.yaxis.type == ("log" if log_y else "linear")
     assert "ln(50257) = 10.82" in lines[0].name
     # The curves come first, unchanged: raw, smoothed, val.
