@@ -19,8 +19,8 @@ from core.config import ConfigError, TrainConfig
 from core.jobs import Jobs, JobStatus
 from core.metrics import MetricsReader, export_records
 from core.references import Reference, health_warnings, loss_references
-from playground import actions
-from playground.figures import X_AXES, has_hellaswag, health_figure, hellaswag_figure, loss_figure
+from playground import actions, figures
+from playground.figures import X_AXES, health_figure, loss_figure
 from playground.runs_view import duration, human, list_runs, picked_by_user, run_choices
 from playground.tab import AppContext, OnOpen, Tab, bind
 
@@ -281,9 +281,9 @@ def refresh_monitor(
 
 def hellaswag_update(records: dict[str, list[dict[str, Any]]], axis: str, uirevision: str) -> dict[str, Any]:
     """The HellaSwag chart, shown only while one of the shown runs has HellaSwag results."""
-    if not any(has_hellaswag(recs) for recs in records.values()):
+    if not any(figures.has_hellaswag(recs) for recs in records.values()):
         return gr.update(value=None, visible=False)
-    return gr.update(value=hellaswag_figure(records, axis, uirevision=uirevision), visible=True)
+    return gr.update(value=figures.hellaswag_figure(records, axis, uirevision=uirevision), visible=True)
 
 
 def refresh_run_choices(
