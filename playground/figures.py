@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 
 from core.attention import AttentionResult, induction_scores, previous_token_scores, token_label
 from core.generation import SamplingConfig, filter_probs
+from core.references import HELLASWAG_CHANCE, Reference, hellaswag_references
 
 X_AXES = {"step": "Step", "tokens": "Tokens", "time": "Wall time (min)"}
 MAX_POINTS = 1500  # per trace; browsers stay smooth and a 100k-step run still shows its spikes
@@ -174,8 +175,10 @@ def loss_figure(
     log_y: bool = False,
     uirevision: str = "loss",
     max_points: int = MAX_POINTS,
+    references: Sequence[Reference] = (),
 ) -> go.Figure:
-    """Train loss (raw, faint) with its EMA, and val loss points, for one or more runs on one chart."""
+    """Train loss (raw, faint) with its EMA, and val loss points, for one or more runs on one chart, with the
+    references (core.references.loss_references) as dashed lines across the drawn steps."""
     fig = go.Figure()
     _base_layout(fig, x_axis, uirevision, height=430)
     fig.update_layout(title=dict(text="Loss", x=0.01, font=dict(size=16)))
@@ -236,8 +239,91 @@ def loss_figure(
             fig, "<br>".join(failed) or "No training steps recorded yet: the curve appears with the first ones"
         )
     _annotate_failures(fig, failed)
+    add_references(fig, references, log_y)
     fig.update_xaxes(title_text=X_AXES[x_axis])
     fig.update_yaxes(title_text="cross-entropy loss", **(LOG_AXIS if log_y else dict(type="linear")))
+    return fig
+
+
+REFERENCE_COLORS = ["#6b7280", "#b45309", "#7c3aed"]
+
+
+def add_references(fig: go.Figure, references: Sequence[Reference], log_y: bool = False) -> None:
+    """Each reference as a dashed horizontal line across the x range drawn so far, named in the legend and labelled
+    above its right end. Line traces, not shapes, so that a log y axis places them by value like the curves; the
+    labels are annotations, whose y a log axis reads as log10 of the value."""
+    xs = [x for trace in fig.data for x in (trace.x or ()) if _finite(x)]
+    if not xs:
+        return
+    lo, hi = min(xs), max(xs)
+    for i, ref in enumerate(references):
+        color = REFERENCE_COLORS[i % len(REFERENCE_COLORS)]
+        fig.add_trace(
+            go.Scatter(
+                x=[lo, hi],
+                y=[ref.value, ref.value],
+                mode="lines",
+                line=dict(color=color, width=1.2, dash="dash"),
+                name=ref.label,
+                legendgroup="references",
+                hoverinfo="skip",
+            )
+        )
+        fig.add_annotation(
+            text=ref.label,
+            x=hi,
+            y=math.log10(ref.value) if log_y else ref.value,
+            xanchor="right",
+            yanchor="bottom",
+            showarrow=False,
+            font=dict(size=11, color=color),
+        )
+
+
+def hellaswag_lines() -> list[Reference]:
+    """The HellaSwag chart's references: GPT-2 and GPT-3 124M, and chance (one of four endings)."""
+    chance = Reference(f"chance ({HELLASWAG_CHANCE:g})", HELLASWAG_CHANCE, "one of four endings")
+    return [*hellaswag_references(), chance]
+
+
+def _hellaswag_records(records: Records) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("kind") == "eval" and _finite(r.get("hellaswag_acc_norm"))]
+
+
+def has_hellaswag(records: Records) -> bool:
+    """Whether a run logged HellaSwag in its training loop (eval records with hellaswag_acc_norm)."""
+    return bool(_hellaswag_records(records))
+
+
+def hellaswag_figure(runs: dict[str, Records], x_axis: str = "step", uirevision: str = "hellaswag") -> go.Figure:
+    """HellaSwag acc_norm at each evaluation of one or more runs, with GPT-2 124M, GPT-3 124M and chance."""
+    fig = go.Figure()
+    _base_layout(fig, x_axis, uirevision, height=430)
+    fig.update_layout(title=dict(text="HellaSwag", x=0.01, font=dict(size=16)))
+    for i, (name, records) in enumerate(runs.items()):
+        results = _hellaswag_records(records)
+        if not results:
+            continue
+        train = split_records(records)["train"]
+        color = COLORS[i % len(COLORS)]
+        fig.add_trace(
+            go.Scatter(
+                x=x_values(results, x_axis, train, _t0(records)),
+                y=[r["hellaswag_acc_norm"] for r in results],
+                customdata=[r.get("hellaswag_n") for r in results],
+                mode="lines+markers",
+                line=dict(color=color, width=2),
+                marker=dict(color=color, size=7),
+                name=name if len(runs) > 1 else "acc_norm",
+                legendgroup=name,
+                hovertemplate="acc_norm %{y:.4f} (%{customdata} examples)",
+            )
+        )
+    if not fig.data:
+        return _empty(fig, "No HellaSwag results: train with --hellaswag-interval to evaluate it in the loop")
+    add_references(fig, hellaswag_lines())
+    fig.update_xaxes(title_text=X_AXES[x_axis])
+    fig.update_yaxes(title_text="acc_norm", tickformat=".2f")
     return fig
 
 

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import html
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from core.config import ConfigError, TrainConfig
 from core.jobs import Jobs, JobStatus
 from core.metrics import MetricsReader, export_records
-from playground import actions
+from core.references import Reference, health_warnings, loss_references
+from playground import actions, figures
 from playground.figures import X_AXES, health_figure, loss_figure
 from playground.runs_view import duration, human, list_runs, picked_by_user, run_choices, stop_timeout_box
 from playground.tab import AppContext, OnOpen, Tab, bind
@@ -34,16 +37,19 @@ DOWNLOADS = Path(tempfile.mkdtemp(prefix="gpt2-playground-metrics-"))  # this ap
 
 @dataclass
 class RunCache:
-    """Records of one run read so far, and the reader that continues where the last tick stopped."""
+    """Records of one run read so far, and the reader that continues where the last tick stopped; its config (None
+    until its config.json is readable) and the health warnings of its records."""
 
     reader: MetricsReader
     records: list[dict[str, Any]] = field(default_factory=list)
+    config: TrainConfig | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def update(self) -> int:
         """Read what was appended; returns how many records changed (a replaced file counts as at least one)."""
         new = self.reader.read_new()
         if self.reader.replaced:  # the run was deleted (and maybe launched again): what we had is gone
-            self.records = new
+            self.records, self.config = new, None
             return max(1, len(new))
         self.records += new
         if len(self.records) > MAX_KEPT:
@@ -69,8 +75,40 @@ class MonitorCache:
     main: str | None = None  # the run Compare with's choices were last sent without
 
 
+def run_config(jobs: Jobs, name: str) -> TrainConfig | None:
+    """The run's config.json, or None while it is missing or unreadable (a run still starting, an old format)."""
+    try:
+        cfg = TrainConfig.from_json(jobs.run_dir(name) / "config.json")
+        cfg.model_config()  # a preset this version does not know: no vocabulary to draw the init line from
+    except (ConfigError, ValueError, TypeError, OSError):
+        return None
+    return cfg
+
+
+def run_warnings(records: list[dict[str, Any]], cfg: TrainConfig | None) -> list[str]:
+    """core.references.health_warnings for a run; the first-step check only for a run known to start from scratch
+    (a fine-tune's first loss is the pretrained model's)."""
+    if cfg is None:
+        return health_warnings(records, from_scratch=False)
+    from_scratch = cfg.init_from == "scratch"
+    return health_warnings(
+        records, from_scratch=from_scratch, warmup_steps=cfg.warmup_steps, vocab_size=cfg.model_config().vocab_size
+    )
+
+
+def loss_reference_lines(configs: Sequence[TrainConfig | None]) -> list[Reference]:
+    """The loss chart's reference lines for the shown runs: each run's (core.references.loss_references), once."""
+    out: dict[tuple[str, float], Reference] = {}
+    for cfg in configs:
+        if cfg is not None:
+            for ref in loss_references(cfg.data, cfg.model_config().vocab_size):
+                out.setdefault((ref.label, ref.value), ref)
+    return list(out.values())
+
+
 def read_runs(jobs: Jobs, cache: MonitorCache, names: list[str]) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    """{run: all its records so far} for the given runs, and how many records were new since the last call."""
+    """{run: all its records so far} for the given runs, and how many records were new since the last call. Each
+    run's config and health warnings are kept up to date in the cache."""
     out, new = {}, 0
     for name in names:
         rc = cache.runs.get(name)
@@ -79,18 +117,27 @@ def read_runs(jobs: Jobs, cache: MonitorCache, names: list[str]) -> tuple[dict[s
                 rc = cache.runs[name] = RunCache(jobs.reader(name))
             except Exception:  # deleted meanwhile, or an unsafe name: just not drawn
                 continue
-        new += rc.update()
+        changed = rc.update()
+        loaded = rc.config is None and (cfg := run_config(jobs, name)) is not None
+        if loaded:
+            rc.config = cfg
+        if changed or loaded:
+            rc.warnings = run_warnings(rc.records, rc.config)
+        new += changed
         out[name] = rc.records
     return out, new
+
+
+WARNING_STYLE = "margin-top:8px;padding:6px 12px;border-radius:8px;background:#fffbeb;color:#92400e"
 
 
 def _stat(label: str, value: str) -> str:
     return f"<div class='stat'><span>{label}</span><b>{html.escape(value)}</b></div>"
 
 
-def status_html(st: JobStatus | Exception | None) -> str:
+def status_html(st: JobStatus | Exception | None, warnings: Sequence[str] = ()) -> str:
     """The status card: state badge, step / total with a progress bar, tokens, times, losses, speed, failure (or
-    why the run's status could not be read)."""
+    why the run's status could not be read), and the run's health warnings (core.references.health_warnings)."""
     if st is None:
         return "<div class='status-card'>No run selected. Launch one in the Train tab, or pick a run above.</div>"
     if isinstance(st, Exception):
@@ -122,6 +169,7 @@ def status_html(st: JobStatus | Exception | None) -> str:
         parts.append(f"<div class='failure'>{html.escape(reason)}</div>")
     elif st.message and st.message != "starting":
         parts.append(f"<div class='hint' style='margin-top:8px'>{html.escape(st.message)}</div>")
+    parts += [f"<div class='health-warning' style='{WARNING_STYLE}'>⚠ {html.escape(w)}</div>" for w in warnings]
     parts.append("</div>")
     return "".join(parts)
 
@@ -142,7 +190,18 @@ def last_sample(records: list[dict[str, Any]]) -> str:
 # ----- callbacks: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------------------
 
 VIEW_INPUTS = ("run", "compare", "smoothing", "x_axis", "log_y", "cache")
-VIEW_OUTPUTS = ("status", "loss_plot", "health_plot", "sample", "log", "cache", "timer", "run", "compare")
+VIEW_OUTPUTS = (
+    "status",
+    "loss_plot",
+    "hellaswag_plot",
+    "health_plot",
+    "sample",
+    "log",
+    "cache",
+    "timer",
+    "run",
+    "compare",
+)
 
 
 def _statuses(jobs: Jobs, names: list[str]) -> dict[str, JobStatus | Exception]:
@@ -194,8 +253,9 @@ def refresh_monitor(
     statuses = _statuses(ctx.jobs, names)
     st = statuses.get(name) if name else None
     active = any(isinstance(s, JobStatus) and s.active for s in statuses.values())
+    main = cache.runs.get(name) if name else None
     values: dict[str, Any] = {
-        "status": status_html(st),
+        "status": status_html(st, main.warnings if main else ()),
         "sample": last_sample(records.get(name, [])) if name else "",
         "log": log_html(ctx.jobs.log_tail(name, LOG_LINES) if isinstance(st, JobStatus) else ""),
         "timer": TICK_S if active else IDLE_TICK_S,  # seconds between ticks
@@ -207,13 +267,23 @@ def refresh_monitor(
         runs = list_runs(ctx.jobs)
         cache.labels, cache.main = {r.name: r.state for r in runs}, name
         out |= {tab[key]: update for key, update in pickers(runs, name, compared).items()}
-    view = (tuple(names), smooth, axis, logy)
+    refs = loss_reference_lines([cache.runs[n].config for n in records])
+    view = (tuple(names), smooth, axis, logy, tuple(refs))  # a config read late brings its reference lines
     if new or view != cache.view:  # else the plots keep what they show
         key = "|".join(names) + axis  # the browser keeps the zoom of this key across redraws (ZOOM_KEEPER)
-        out[tab["loss_plot"]] = loss_figure(records, smooth, axis, logy, uirevision="loss" + key) if names else None
+        loss = loss_figure(records, smooth, axis, logy, uirevision="loss" + key, references=refs) if names else None
+        out[tab["loss_plot"]] = loss
         out[tab["health_plot"]] = health_figure(records, axis, logy, uirevision="health" + key) if names else None
+        out[tab["hellaswag_plot"]] = hellaswag_update(records, axis, "hellaswag" + key)
         cache.view = view
     return out
+
+
+def hellaswag_update(records: dict[str, list[dict[str, Any]]], axis: str, uirevision: str) -> dict[str, Any]:
+    """The HellaSwag chart, shown only while one of the shown runs has HellaSwag results."""
+    if not any(figures.has_hellaswag(recs) for recs in records.values()):
+        return gr.update(value=None, visible=False)
+    return gr.update(value=figures.hellaswag_figure(records, axis, uirevision=uirevision), visible=True)
 
 
 def refresh_run_choices(
@@ -308,7 +378,12 @@ def _layout_charts() -> dict[str, Any]:
         )
         c["smoothing"] = gr.Slider(0, 0.99, value=0.6, step=0.01, label="Smoothing (EMA)", scale=3)
         c["log_y"] = gr.Checkbox(False, label="Log scale (loss, grad norm)", scale=1, min_width=160)
-    c["loss_plot"] = gr.Plot(label="Loss", show_label=False, elem_id="loss-plot")
+    with gr.Row(equal_height=True):
+        c["loss_plot"] = gr.Plot(label="Loss", show_label=False, elem_id="loss-plot", scale=3)
+        # Beside the loss, and only for a run that evaluates HellaSwag in its loop (--hellaswag-interval).
+        c["hellaswag_plot"] = gr.Plot(
+            label="HellaSwag", show_label=False, elem_id="hellaswag-plot", scale=2, visible=False
+        )
     c["health_plot"] = gr.Plot(label="Training health", show_label=False, elem_id="health-plot")
     with gr.Row():
         c["sample"] = gr.Textbox(label="Last sample", lines=12, max_lines=12, interactive=False, scale=2)

@@ -5,7 +5,7 @@
 // another uirevision, so it starts unzoomed.
 const zooms = (window.__playgroundZooms = window.__playgroundZooms || {});
 const AXIS_EDIT = /^([xy]axis\d*)\.(autorange|range)(\[([01])\])?$/;
-const CHARTS = "#loss-plot, #health-plot";
+const CHARTS = "#loss-plot, #health-plot, #hellaswag-plot";
 
 function remember(key, edit) {
   const zoom = { ...(zooms[key] || {}) };
