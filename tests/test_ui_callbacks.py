@@ -318,7 +318,8 @@ def test_models_tab_list_export_import_delete(tmp_path):
     save_checkpoint(runs / "mine", 10, model, {"val_loss": 3.25})
     TrainConfig(run_name="mine", preset="micro").to_json(runs / "mine" / "config.json")
     rows = models_tab.checkpoint_rows(jobs)
-    assert rows[0][:6] == ["mine", "done", "micro", "step-000010", 10, "3.2500"] and rows[0][6].endswith(" MB")
+    assert rows[0][:8] == ["mine", "done", "micro", "step-000010", 10, "3.2500", "—", "—"]
+    assert rows[0][8].endswith(" MB")
 
     ckpt = str(list_checkpoints(runs / "mine")[-1])
     assert models_tab.checkpoint_choices(jobs) == [("mine / step-000010", ckpt)]
