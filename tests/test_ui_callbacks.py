@@ -487,7 +487,7 @@ def test_models_callbacks_pick_ask_and_delete(tmp_path):
     assert [r[:5] for r in rows] == [["old", "done", "—", "step-000007", 7]]
     picked = models_tab.pick_row(tab, ctx, rows, gr.SelectData(tab["table"], {"index": [0, 2], "value": "—"}))
     ckpt = str(ctx.runs_dir / "old" / "ckpt" / "step-000007")
-    assert picked == {tab["run"]: "old", tab["ckpt"]: ckpt}
+    assert picked == {tab["run"]: "old", tab["ckpt"]: ckpt, tab["eval_ckpt"]: ckpt}  # to export and to evaluate
     # What the browser sends: the table as a DataFrame keyed by its headers, and the clicked row's cells.
     frame = pd.DataFrame(rows, columns=models_tab.COLUMNS)
     clicked = gr.SelectData(tab["table"], {"index": [0, 2], "value": "—", "row_value": rows[0]})
