@@ -301,7 +301,7 @@ def _layout_evaluate(ctx: AppContext) -> dict[str, Any]:
             c["limit"] = gr.Number(
                 eval_action.DEFAULT_LIMIT,
                 label="Examples",
-                info="The first N of the validation set",
+                info="HellaSwag on the first N examples of the file",
                 elem_id="eval-limit",
             )
             c["file"] = gr.Textbox(
