@@ -1,5 +1,5 @@
-"""Models tab: every run and checkpoint (step, val loss, size, date); delete a run; import GPT-2 from Hugging Face
-format; export a checkpoint to Hugging Face format."""
+"""Models tab: every run and checkpoint (step, val loss, HellaSwag, perplexity, size, date); evaluate a checkpoint in
+the background; delete a run; import GPT-2 from Hugging Face format; export a checkpoint to Hugging Face format."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import gradio as gr
 from core.checkpoint import list_checkpoints, read_state
 from core.config import ConfigError, TrainConfig, model_config
 from core.hf import export_hf, import_to_run
-from core.jobs import Jobs
+from core.jobs import Jobs, checkpoint_scores
 from core.paths import UNRESTRICTED, AccessPolicy
-from playground import actions
+from playground import actions, eval_action
 from playground.runs_view import folder_size, list_runs, megabytes
 from playground.tab import AppContext, OnOpen, Tab, bind
 
-COLUMNS = ["Run", "State", "Model", "Checkpoint", "Step", "Val loss", "Size", "Saved"]
+COLUMNS = ["Run", "State", "Model", "Checkpoint", "Step", "Val loss", "HellaSwag", "Perplexity", "Size", "Saved"]
+EVAL_TICK_S = 2.0  # an evaluation job is followed at this pace until it ends
 
 
 def model_label(run_dir: Path, preset: str | None) -> str:
@@ -34,14 +35,32 @@ def model_label(run_dir: Path, preset: str | None) -> str:
     return f"{mc.n_layer} layers × {mc.n_embd}"
 
 
+def score_cells(scores: dict[str, Any]) -> list[str]:
+    """The HellaSwag and Perplexity cells of a checkpoint's newest scores (core.jobs.checkpoint_scores); — if none."""
+    hellaswag, ppl = scores.get("hellaswag_acc_norm"), scores.get("perplexity")
+    return [
+        f"{hellaswag:.4f} (n {scores.get('hellaswag_n')})" if isinstance(hellaswag, (int, float)) else "—",
+        f"{ppl:.2f}" if isinstance(ppl, (int, float)) else "—",
+    ]
+
+
+def _scores(jobs: Jobs, run: str) -> dict[str, dict[str, Any]]:
+    try:
+        return checkpoint_scores(jobs.runs_dir, run)
+    except Exception:  # an unreadable results file must not hide the run
+        return {}
+
+
 def checkpoint_rows(jobs: Jobs) -> list[list[Any]]:
-    """One row per checkpoint, newest first within a run; a run without checkpoints gets one row of dashes."""
+    """One row per checkpoint, newest first within a run; a run without checkpoints gets one row of dashes. The
+    HellaSwag acc_norm is the newest of the training loop's (at the checkpoint's step) and evaluation jobs'."""
     rows = []
     for st in list_runs(jobs):
         ckpts = list_checkpoints(Path(st.run_dir))
         model = model_label(Path(st.run_dir), st.preset)
         if not ckpts:
-            rows.append([st.name, st.state, model, "—", None, "—", "—", "—"])
+            rows.append([st.name, st.state, model, "—", None, "—", "—", "—", "—", "—"])
+        scores = _scores(jobs, st.name) if ckpts else {}
         for ck in reversed(ckpts):
             try:
                 state = read_state(ck)
@@ -50,7 +69,8 @@ def checkpoint_rows(jobs: Jobs) -> list[list[Any]]:
             val = f"{state['val_loss']:.4f}" if isinstance(state.get("val_loss"), (int, float)) else "—"
             saved = time.strftime("%Y-%m-%d %H:%M", time.localtime(ck.stat().st_mtime))
             step = state.get("step")
-            rows.append([st.name, st.state, model, ck.name, step, val, megabytes(folder_size(ck)), saved])
+            cells = score_cells(scores.get(ck.name, {}))
+            rows.append([st.name, st.state, model, ck.name, step, val, *cells, megabytes(folder_size(ck)), saved])
     return rows
 
 
@@ -108,22 +128,24 @@ def refresh_models(tab: Tab, ctx: AppContext, run: str | None = None, ckpt: str 
     """The table and both pickers, keeping the picked run and checkpoint while they still exist."""
     names = [st.name for st in list_runs(ctx.jobs)]
     ckpts = checkpoint_choices(ctx.jobs)
+    value = ckpt if ckpt in [v for _, v in ckpts] else None
     return {
         tab["table"]: checkpoint_rows(ctx.jobs),
         tab["run"]: gr.update(choices=names, value=run if run in names else None),
-        tab["ckpt"]: gr.update(choices=ckpts, value=ckpt if ckpt in [v for _, v in ckpts] else None),
+        tab["ckpt"]: gr.update(choices=ckpts, value=value),
+        tab["eval_ckpt"]: gr.update(choices=ckpts, value=value),
     }
 
 
 def pick_row(tab: Tab, ctx: AppContext, rows: Any, evt: gr.SelectData) -> dict[Any, Any]:
-    """A clicked table row picks its run (to delete) and its checkpoint (to export)."""
+    """A clicked table row picks its run (to delete) and its checkpoint (to export and to evaluate)."""
     row = evt.row_value  # the clicked row's cells, by position (the table's value is a DataFrame keyed by header)
     if row is None:
         row = rows.iloc[evt.index[0]].tolist() if hasattr(rows, "iloc") else rows[evt.index[0]]
     name, ck = row[COLUMNS.index("Run")], row[COLUMNS.index("Checkpoint")]
     picked = {tab["run"]: name}
     if ck and ck != "—":
-        picked[tab["ckpt"]] = str(ctx.jobs.run_dir(name) / "ckpt" / ck)
+        picked[tab["ckpt"]] = picked[tab["eval_ckpt"]] = str(ctx.jobs.run_dir(name) / "ckpt" / ck)
     return picked
 
 
@@ -162,6 +184,34 @@ def export_picked(tab: Tab, ctx: AppContext, ckpt: str | None, out: str | None) 
     return {tab["export_msg"]: export_checkpoint(ctx.jobs, ckpt, out, ctx.access)}
 
 
+def show_task_fields(tab: Tab, ctx: AppContext, task: str) -> dict[Any, Any]:
+    return {
+        tab["hellaswag_row"]: gr.update(visible=task == "hellaswag"),
+        tab["data"]: gr.update(visible=task != "hellaswag"),
+    }
+
+
+def evaluate_picked(
+    tab: Tab, ctx: AppContext, ckpt: str | None, task: str, limit: float | None, file: str | None, data: str | None
+) -> dict[Any, Any]:
+    """Start an evaluation job on the picked checkpoint; the timer follows it until its result is in."""
+    started, run = eval_action.start_eval(ctx.jobs, ckpt, task, limit, file, data, ctx.access)
+    if not started.ok:
+        return {tab["eval_msg"]: f"⚠ {started.message}"}
+    return {tab["eval_msg"]: f"⏳ {started.message}", tab["eval_run"]: run, tab["eval_timer"]: gr.Timer(active=True)}
+
+
+def watch_eval(tab: Tab, ctx: AppContext, run: str | None) -> dict[Any, Any]:
+    """While the evaluation runs: nothing changes. Once it ended: its result (or why it failed) and the table."""
+    running, line = eval_action.follow_eval(ctx.jobs, run)
+    if running:
+        return {}
+    out: dict[Any, Any] = {tab["eval_timer"]: gr.Timer(active=False), tab["eval_run"]: None}
+    if line is not None:
+        out |= {tab["eval_msg"]: line, tab["table"]: checkpoint_rows(ctx.jobs)}
+    return out
+
+
 # ----- layout and wiring --------------------------------------------------------------------------------------------
 
 
@@ -172,7 +222,7 @@ def _layout_table(ctx: AppContext) -> dict[str, Any]:
     table = gr.Dataframe(
         checkpoint_rows(ctx.jobs),
         headers=COLUMNS,
-        datatype=["str", "str", "str", "str", "number", "str", "str", "str"],
+        datatype=["str", "str", "str", "str", "number", "str", "str", "str", "str", "str"],
         interactive=False,
         wrap=True,
         elem_id="models-table",
@@ -234,12 +284,63 @@ def _layout_export(ctx: AppContext) -> dict[str, Any]:
     return {"ckpt": ckpt, "out_dir": out_dir, "export_btn": export_btn, "export_msg": gr.Markdown()}
 
 
+def _layout_evaluate(ctx: AppContext) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Group():
+        gr.Markdown("#### Evaluate a checkpoint (in the background)", padding=True)
+        with gr.Row():
+            c["eval_ckpt"] = gr.Dropdown(checkpoint_choices(ctx.jobs), label="Checkpoint", elem_id="eval-ckpt", scale=2)
+            c["task"] = gr.Radio(
+                [(label, key) for key, label in eval_action.TASK_LABELS.items()],
+                value="hellaswag",
+                label="Task",
+                elem_id="eval-task",
+                scale=1,
+            )
+        with gr.Row() as c["hellaswag_row"]:
+            c["limit"] = gr.Number(
+                eval_action.DEFAULT_LIMIT,
+                label="Examples",
+                info="HellaSwag on the first N examples of the file",
+                elem_id="eval-limit",
+            )
+            c["file"] = gr.Textbox(
+                label="HellaSwag file",
+                placeholder="empty: the validation set, downloaded once",
+                info="A local hellaswag_val.jsonl (offline machines)",
+                elem_id="eval-file",
+                scale=2,
+            )
+        c["data"] = gr.Textbox(
+            label="Text file",
+            placeholder="empty: the run's own text (its val data, else its training file)",
+            info="Perplexity with a sliding window over the model's context",
+            visible=False,
+            elem_id="eval-data",
+        )
+    c["eval_btn"] = gr.Button("Evaluate", variant="primary", elem_id="eval-btn")
+    c["eval_msg"] = gr.Markdown(elem_id="eval-message")
+    c["eval_run"] = gr.State(None)  # the run whose evaluation this session follows
+    c["eval_timer"] = gr.Timer(EVAL_TICK_S, active=False)
+    return c
+
+
+def _wire_evaluate(tab: Tab, ctx: AppContext) -> None:
+    tab["task"].change(bind(show_task_fields, tab, ctx), tab["task"], [tab["hellaswag_row"], tab["data"]], queue=False)
+    eval_in = [tab["eval_ckpt"], tab["task"], tab["limit"], tab["file"], tab["data"]]
+    followed = [tab["eval_msg"], tab["eval_run"], tab["eval_timer"]]
+    tab["eval_btn"].click(bind(evaluate_picked, tab, ctx), eval_in, followed, concurrency_limit=1)
+    tab["eval_timer"].tick(
+        bind(watch_eval, tab, ctx), tab["eval_run"], [*followed, tab["table"]], show_progress="hidden"
+    )
+
+
 def _wire(tab: Tab, ctx: AppContext) -> None:
     picked = [tab["run"], tab["ckpt"]]
-    listing = [tab["table"], *picked]
+    listing = [tab["table"], *picked, tab["eval_ckpt"]]
     confirm = [tab["confirm_box"], tab["confirm_md"], tab["delete_msg"]]
     tab["refresh_btn"].click(bind(refresh_models, tab, ctx), picked, listing)
-    tab["table"].select(bind(pick_row, tab, ctx), tab["table"], picked)
+    tab["table"].select(bind(pick_row, tab, ctx), tab["table"], [*picked, tab["eval_ckpt"]])
     tab["delete_btn"].click(bind(ask_to_delete, tab, ctx), tab["run"], confirm)
     tab["cancel_btn"].click(bind(cancel_delete, tab, ctx), None, [tab["confirm_box"], tab["delete_msg"]])
     tab["confirm_btn"].click(
@@ -255,10 +356,12 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
         bind(export_picked, tab, ctx), [tab["ckpt"], tab["out_dir"]], tab["export_msg"], concurrency_limit=1
     )
     tab.on_open.append(OnOpen(bind(refresh_models, tab, ctx), picked, listing))
+    _wire_evaluate(tab, ctx)
 
 
 def build(ctx: AppContext) -> Tab:
     tab = Tab("models", _layout_table(ctx))
+    tab.components |= _layout_evaluate(ctx)
     with gr.Row(equal_height=False):
         with gr.Column():
             tab.components |= _layout_delete(ctx)

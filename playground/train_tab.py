@@ -25,9 +25,11 @@ from core.device import gpu_count
 from core.hf import HFError, hf_model_config
 from core.jobs import DeviceBusy, Jobs, JobStatus, NameTaken
 from core.paths import UNRESTRICTED, AccessPolicy
+from core.recipes import recipe_names
 from core.runs import validate_run_name
 from core.weights import resolve_source
 from playground import actions
+from playground.recipe_form import NO_RECIPE, recipe_fill
 from playground.runs_view import (
     duration,
     first_active,
@@ -175,7 +177,14 @@ def model_hint(v: dict[str, Any], runs_dir: Path, access: AccessPolicy) -> str:
     except ConfigError:
         mc = None
     if mc is None:
-        return preset_summary(v.get("preset") or DEFAULTS["preset"])
+        preset = v.get("preset") or DEFAULTS["preset"]
+        shape = {k: x for k, x in (v.get("recipe_extra") or {}).items() if k in ("n_layer", "n_head", "n_embd")}
+        if not shape:
+            return preset_summary(preset)
+        try:  # a recipe's own shape (shakespeare-cpu: tiny with 6 layers)
+            return f"{preset} with {shape_summary(model_config(preset, **shape))}"
+        except ConfigError as e:
+            return str(e)
     return f"{Path(init).name}'s model: {shape_summary(mc)} (replaces the preset)"
 
 
@@ -286,7 +295,7 @@ def form_to_config(
     """The validated TrainConfig of the form's values; ConfigError.field names the field (a form field, or a
     TrainConfig field the form does not show) and the message the fix. `access` says which local paths and
     downloads the form may use (exposed app: only allowed folders); list_files (at launch, not per keystroke)
-    also lists a data folder's files."""
+    also lists a data folder's files. values["recipe_extra"]: the picked recipe's fields the form has no input for."""
     v = {**DEFAULTS, **values}
     num = _numbers(v)
     name = (v["run_name"] or "").strip()
@@ -299,6 +308,7 @@ def form_to_config(
     shape = init_model_config(init_from, runs_dir)
     dims = {k: getattr(shape, k) for k in ("n_layer", "n_head", "n_embd", "block_size")} if shape else {}
     cfg = TrainConfig(
+        **(v.get("recipe_extra") or {}),
         run_name=name,
         runs_dir=str(runs_dir),
         preset=v["preset"],
@@ -322,8 +332,8 @@ def form_to_config(
         init_from=init_from,
         device=device,
         nproc=nproc,
-        **dims,
     )
+    cfg = dataclasses.replace(cfg, **dims)
     return cfg.validate()
 
 
@@ -436,9 +446,28 @@ def run_summary(st: JobStatus) -> str:
 
 
 def _form(values: tuple[Any, ...]) -> tuple[dict[str, Any], FormView | None]:
-    """The form's values by field, and the view last shown (the optional input after the fields)."""
-    shown = values[len(FIELDS)] if len(values) > len(FIELDS) else None
-    return dict(zip(FIELDS, values)), shown
+    """The form's values by field, and the view last shown (the optional inputs after the fields: the view, then
+    the picked recipe's extra fields, kept under "recipe_extra")."""
+    n = len(FIELDS)
+    shown = values[n] if len(values) > n else None
+    extra = values[n + 1] if len(values) > n + 1 else None
+    return {**dict(zip(FIELDS, values)), "recipe_extra": extra or {}}, shown
+
+
+def pick_recipe(tab: Tab, ctx: AppContext, name: str | None, device: str | None) -> dict[Any, Any]:
+    """Fill the form with a recipe's config sized for the form's device, and say what it is and how long it takes;
+    "None (custom)" keeps the form as it is and drops the recipe's extra fields."""
+    if not name or name == NO_RECIPE:
+        return {tab["recipe_md"]: "", tab["recipe_extra"]: {}}
+    try:
+        fill = recipe_fill(name, device or DEFAULTS["device"])
+    except Exception as e:  # an unknown name, a device that vanished: a message, never a trace
+        return {tab["recipe_md"]: f"⚠ Recipe not applied: {e}", tab["recipe_extra"]: {}}
+    return {
+        **{tab[field]: value for field, value in fill.values.items()},
+        tab["recipe_md"]: fill.hint,
+        tab["recipe_extra"]: fill.extra,
+    }
 
 
 def preview_form(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
@@ -549,6 +578,21 @@ def _number_field(name: str, label: str) -> gr.Number:
     # No minimum/maximum and no precision: Gradio would reject or round a value (-5, 2.5) before the app's own
     # check (_numbers, TrainConfig.validate) names the field.
     return gr.Number(DEFAULTS[name], label=label, info=field_info(name))
+
+
+def _layout_recipe() -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Group():
+        c["recipe"] = gr.Dropdown(
+            [("None (custom)", NO_RECIPE), *((name, name) for name in recipe_names())],
+            value=NO_RECIPE,
+            label="Recipe",
+            info="Fills the form with a ready-made run sized for the chosen device; every field stays editable",
+            elem_id="train-recipe",
+        )
+        c["recipe_md"] = gr.Markdown(elem_classes=["hint"], elem_id="train-recipe-hint")
+    c["recipe_extra"] = gr.State({})  # the recipe's fields the form has no input for (see recipe_form)
+    return c
 
 
 def _layout_model_and_data() -> dict[str, Any]:
@@ -664,12 +708,12 @@ def _layout_manage(ctx: AppContext) -> dict[str, Any]:
 
 def _wire(tab: Tab, ctx: AppContext) -> None:
     fields = [tab[name] for name in FIELDS]
-    form_in = [*fields, tab["shown"]]
+    form_in = [*fields, tab["shown"], tab["recipe_extra"]]
     form_out = [*fields, tab["command"], tab["batch_md"], tab["message"], tab["shown"]]
     # One event for every field: "always_last" runs it once more after a pending run with the values as they are
     # then, so however fast the typing, the last preview sees the final values (never per keystroke, never stale).
     gr.on(
-        [comp.change for comp in fields],
+        [*(comp.change for comp in fields), tab["recipe_extra"].change],
         bind(preview_form, tab, ctx),
         form_in,
         form_out,
@@ -690,6 +734,13 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
         bind(show_data_fields, tab, ctx), tab["data_source"], [tab["data_path"], tab["hf_row"]], queue=False
     )
     tab["device"].change(bind(show_nproc, tab, ctx), tab["device"], tab["nproc"], queue=False)
+    tab["recipe"].input(
+        bind(pick_recipe, tab, ctx),
+        [tab["recipe"], tab["device"]],
+        [*fields, tab["recipe_md"], tab["recipe_extra"]],
+        queue=False,
+        show_progress="hidden",
+    )
     launched = [tab["run_picker"], tab["launched"], tab["init_from"], tab["manage_timer"]]
     tab["launch_btn"].click(bind(launch_run, tab, ctx), form_in, [*form_out, *launched], concurrency_limit=1)
 
@@ -717,6 +768,7 @@ def build(ctx: AppContext) -> Tab:
     tab = Tab("train")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
+            tab.components |= _layout_recipe()
             tab.components |= _layout_model_and_data()
             tab.components |= _layout_batch_and_optimizer(ctx)
             tab.components |= _layout_advanced()

@@ -318,7 +318,8 @@ def test_models_tab_list_export_import_delete(tmp_path):
     save_checkpoint(runs / "mine", 10, model, {"val_loss": 3.25})
     TrainConfig(run_name="mine", preset="micro").to_json(runs / "mine" / "config.json")
     rows = models_tab.checkpoint_rows(jobs)
-    assert rows[0][:6] == ["mine", "done", "micro", "step-000010", 10, "3.2500"] and rows[0][6].endswith(" MB")
+    assert rows[0][:8] == ["mine", "done", "micro", "step-000010", 10, "3.2500", "—", "—"]
+    assert rows[0][8].endswith(" MB")
 
     ckpt = str(list_checkpoints(runs / "mine")[-1])
     assert models_tab.checkpoint_choices(jobs) == [("mine / step-000010", ckpt)]
@@ -488,7 +489,7 @@ def test_models_callbacks_pick_ask_and_delete(tmp_path):
     assert [r[:5] for r in rows] == [["old", "done", "—", "step-000007", 7]]
     picked = models_tab.pick_row(tab, ctx, rows, gr.SelectData(tab["table"], {"index": [0, 2], "value": "—"}))
     ckpt = str(ctx.runs_dir / "old" / "ckpt" / "step-000007")
-    assert picked == {tab["run"]: "old", tab["ckpt"]: ckpt}
+    assert picked == {tab["run"]: "old", tab["ckpt"]: ckpt, tab["eval_ckpt"]: ckpt}  # to export and to evaluate
     # What the browser sends: the table as a DataFrame keyed by its headers, and the clicked row's cells.
     frame = pd.DataFrame(rows, columns=models_tab.COLUMNS)
     clicked = gr.SelectData(tab["table"], {"index": [0, 2], "value": "—", "row_value": rows[0]})
