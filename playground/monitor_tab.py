@@ -7,7 +7,9 @@ metrics.jsonl since the last tick, however long the run. The timer stops when no
 from __future__ import annotations
 
 import html
+import math
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ LOG_LINES = 40
 # samples and statuses all kept), so a page watching a 1M-step run holds a bounded amount of memory. Drawing
 # thins further (figures.MAX_POINTS).
 MAX_KEPT = 50_000
+HEALTH_CHECK_EVERY_S = 10.0
 DOWNLOADS = Path(tempfile.mkdtemp(prefix="gpt2-playground-metrics-"))  # this app's exported metrics files
 
 
@@ -44,6 +47,7 @@ class RunCache:
     records: list[dict[str, Any]] = field(default_factory=list)
     config: TrainConfig | None = None
     warnings: list[str] = field(default_factory=list)
+    warned_at: float = -math.inf  # time.monotonic() of the last health check
 
     def update(self) -> int:
         """Read what was appended; returns how many records changed (a replaced file counts as at least one)."""
@@ -106,6 +110,19 @@ def loss_reference_lines(configs: Sequence[TrainConfig | None]) -> list[Referenc
     return list(out.values())
 
 
+def _health_check_due(rc: RunCache, changed: int) -> bool:
+    """The health check reads every record (100 ms for a 100k-step run): run it on a non-finite loss at once,
+    otherwise at most every HEALTH_CHECK_EVERY_S."""
+    if time.monotonic() - rc.warned_at >= HEALTH_CHECK_EVERY_S:
+        return True
+    return any(not _finite_loss(r) for r in rc.records[-changed:] if r.get("kind") == "train")
+
+
+def _finite_loss(record: dict[str, Any]) -> bool:
+    loss = record.get("loss")
+    return isinstance(loss, (int, float)) and math.isfinite(loss)
+
+
 def read_runs(jobs: Jobs, cache: MonitorCache, names: list[str]) -> tuple[dict[str, list[dict[str, Any]]], int]:
     """{run: all its records so far} for the given runs, and how many records were new since the last call. Each
     run's config and health warnings are kept up to date in the cache."""
@@ -121,8 +138,8 @@ def read_runs(jobs: Jobs, cache: MonitorCache, names: list[str]) -> tuple[dict[s
         loaded = rc.config is None and (cfg := run_config(jobs, name)) is not None
         if loaded:
             rc.config = cfg
-        if changed or loaded:
-            rc.warnings = run_warnings(rc.records, rc.config)
+        if loaded or changed and _health_check_due(rc, changed):
+            rc.warnings, rc.warned_at = run_warnings(rc.records, rc.config), time.monotonic()
         new += changed
         out[name] = rc.records
     return out, new

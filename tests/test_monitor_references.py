@@ -12,7 +12,7 @@ import pytest
 
 from core.config import TrainConfig
 from core.jobs import JobStatus
-from core.metrics import read_all
+from core.metrics import MetricsWriter, read_all
 from core.references import (
     GPT2_124M_FINEWEB_EDU_VAL_LOSS,
     HELLASWAG_CHANCE,
@@ -192,3 +192,20 @@ def test_status_card_shows_the_runs_health_warnings_escaped(tmp_path):
 
     escaped = monitor_tab.status_html(card(), ["loss <b>jumped</b> & more"])
     assert "loss &lt;b&gt;jumped&lt;/b&gt; &amp; more" in escaped and "<b>jumped" not in escaped
+
+
+def test_a_live_run_going_nan_is_warned_on_the_next_tick(tmp_path):
+    """The health check is rate-limited while a run is followed (it reads every record), but a non-finite loss in
+    the new records is checked at once."""
+    tab, ctx = built(tmp_path)
+    run = ctx.runs_dir / "live"
+    reported_run(run, TrainConfig(), decaying(10))
+    out = refresh(tab, ctx, "live")
+    assert "health-warning" not in out[tab["status"]]
+    cache = out[tab["cache"]]
+    writer = MetricsWriter(run / "metrics.jsonl")
+    writer.write("train", step=11, total_steps=12, tokens=704, loss=2.0, lr=1e-3, grad_norm=1.0)
+    assert "health-warning" not in refresh(tab, ctx, "live", cache=cache)[tab["status"]]
+    writer.write("train", step=12, total_steps=12, tokens=768, loss=float("nan"), lr=1e-3, grad_norm=1.0)
+    writer.close()
+    assert "NaN or inf at step 12" in refresh(tab, ctx, "live", cache=cache)[tab["status"]]
