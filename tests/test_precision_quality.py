@@ -16,6 +16,7 @@ from core.config import GPT2_VOCAB_SIZE
 from core.precision import cpu_bf16_support
 from tests.helpers import CACHE, ROOT, records, train_cmd
 
+UNIGRAM_ENTROPY = 6.32
 STEPS = int(os.environ.get("PRECISION_QUALITY_STEPS", "200"))
 # 2 layers, 64 wide, 64-token sequences, on the bundled Shakespeare; the seed fixes the init and the batches.
 RUN = ["--preset", "tiny", "--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--seq-len", "64"]
@@ -52,6 +53,7 @@ def test_bf16_autocast_reaches_the_fp32_val_loss(tmp_path):
         assert records(tmp_path / p, "status")[0]["precision"] == p  # autocast really ran (or really did not)
     fp32, bf16 = (records(tmp_path / p, "eval")[-1] for p in ("fp32", "bf16"))
     assert fp32["step"] == bf16["step"] == STEPS
-    # Learned something: far below the loss of a uniform guess over the vocabulary (10.8 nats).
-    assert max(fp32["val_loss"], bf16["val_loss"]) < 0.65 * math.log(GPT2_VOCAB_SIZE)
+    # Learned something: far below a uniform guess (ln 50,257 = 10.8 nats) and below the unigram entropy of the text
+    # under GPT-2's BPE (6.32 nats, docs/testing.md), so both models use context.
+    assert max(fp32["val_loss"], bf16["val_loss"]) < UNIGRAM_ENTROPY < math.log(GPT2_VOCAB_SIZE)
     assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], rel=0.01), (fp32["val_loss"], bf16["val_loss"])
