@@ -66,6 +66,7 @@ def test_each_mode_gives_cores_text_and_is_named_in_the_status(ui, mode, monkeyp
     assert len(texts) == 2 and all(texts)
     assert texts == _core(ui, mode)
     assert status.startswith("Done") and f"mode **{mode}**" in status
+    assert "compiling was not possible" not in status  # the compiled modes really compiled
 
 
 def test_the_picker_offers_every_mode_with_what_it_trades(ui):
