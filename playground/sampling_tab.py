@@ -76,17 +76,17 @@ MODE_LABELS = {
 def mode_hint(device: torch.device) -> str:
     """The hint under the mode picker: which modes this device runs well, as core.precision reports it."""
     if device.type == "cuda":
-        bf16 = "bf16 runs natively" if torch.cuda.is_bf16_supported() else "this GPU has no bf16: the bf16 mode is slow"
+        bf16 = "This GPU runs bf16 natively" if torch.cuda.is_bf16_supported() else "This GPU has no bf16: it is slow"
     elif device.type == "cpu":
         isa = cpu_bf16_support()
         bf16 = (
-            f"this CPU has {isa}: bf16 and int8 (bf16 activations) run natively"
+            f"This CPU has {isa}: bf16 and int8 (bf16 activations) run natively"
             if isa
-            else "this CPU has no AMX or AVX-512 BF16: bf16 and int8 are emulated, likely slower than default"
+            else "This CPU has no AMX or AVX-512 BF16: bf16 and int8 are emulated, likely slower than default"
         )
     else:
         bf16 = f"bf16 and int8 are untested on {device.type}"
-    return f"How the model runs. On {device.type}: {bf16}. The next-token chart always uses default."
+    return f"How the model runs. {bf16}. The next-token chart always uses default."
 
 
 # The hint under each number field; a message about its value replaces it (in red) until the value is fixed.

@@ -82,7 +82,7 @@ def test_the_hint_says_what_this_machine_does_with_bf16(monkeypatch):
     monkeypatch.setattr(sampling_tab, "cpu_bf16_support", lambda: None)
     assert "no AMX or AVX-512 BF16" in sampling_tab.mode_hint(torch.device("cpu"))
     monkeypatch.setattr(sampling_tab, "cpu_bf16_support", lambda: "AMX")
-    assert "this CPU has AMX" in sampling_tab.mode_hint(torch.device("cpu"))
+    assert "This CPU has AMX" in sampling_tab.mode_hint(torch.device("cpu"))
 
 
 def test_an_unknown_mode_is_a_message_under_the_picker(ui):
