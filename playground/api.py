@@ -107,6 +107,7 @@ def generate(
     seed: int | None = None,
     num_samples: int = 1,
     stop: list[str] | None = None,
+    mode: str = "default",
 ) -> Iterator[list[str]]:
     """Sample text from a checkpoint; streams every sample's text so far (use Client.submit), the last answer is
     the finished texts, without the prompt.
@@ -121,13 +122,21 @@ def generate(
         seed: the same seed gives the same text; null = a random one
         num_samples: how many samples of the prompt (1 to 8)
         stop: strings that end a sample; they are not part of the text
+        mode: how the model runs: default (fp32), compiled, bf16, int8 or int8-compiled (docs/sampling.md#modes)
     """
     if not 1 <= max_new_tokens <= MAX_UI_NEW_TOKENS:
         raise ValueError(f"max_new_tokens must be between 1 and {MAX_UI_NEW_TOKENS}, got {max_new_tokens}")
     if not 1 <= num_samples <= MAX_UI_SAMPLES:
         raise ValueError(f"num_samples must be between 1 and {MAX_UI_SAMPLES}, got {num_samples}")
     cfg = _sampling_config(
-        temperature, top_k, top_p, max_new_tokens=max_new_tokens, seed=seed, num_samples=num_samples, stop=stop or ()
+        temperature,
+        top_k,
+        top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        num_samples=num_samples,
+        stop=stop or (),
+        mode=mode,
     )
     loaded = CACHE.get(ctx.runs_dir, model)
     texts = [""] * num_samples

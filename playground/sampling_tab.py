@@ -20,8 +20,19 @@ import torch
 
 from core.attention import token_label
 from core.config import GPT2_VOCAB_SIZE, ConfigError
-from core.generation import MAX_SAMPLES, SamplingConfig, filter_probs, prefill, prompt_tokens, stream, window_keep
+from core.decode_modes import decoder_for
+from core.generation import (
+    MAX_SAMPLES,
+    MODES,
+    SamplingConfig,
+    filter_probs,
+    prefill,
+    prompt_tokens,
+    stream,
+    window_keep,
+)
 from core.lru import LRU
+from core.precision import cpu_bf16_support
 from playground.figures import candidates_figure, message_figure
 from playground.html_render import (
     EMPTY_SAMPLES,
@@ -50,6 +61,34 @@ def parse_stop(text: str | None) -> tuple[str, ...]:
     return tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in lines if s.strip())
 
 
+# ----- speed modes (core.decode_modes) -------------------------------------------------------------------------------
+
+# What each mode trades, as the dropdown shows it (docs/sampling.md#modes has the measurements).
+MODE_LABELS = {
+    "default": "default — fp32 with the KV cache: the reference",
+    "compiled": "compiled — the first generation compiles (slow, minutes on a small CPU), then faster; same tokens",
+    "bf16": "bf16 — half the weight bytes; can be faster with AMX / AVX-512 BF16 or on a GPU; tiny numeric differences",
+    "int8": "int8 — weight-only int8, a quarter of the weight bytes; logits differ by a few hundredths",
+    "int8-compiled": "int8-compiled — int8 with the compiled decode step: both trades",
+}
+
+
+def mode_hint(device: torch.device) -> str:
+    """The hint under the mode picker: which modes this device runs well, as core.precision reports it."""
+    if device.type == "cuda":
+        bf16 = "This GPU runs bf16 natively" if torch.cuda.is_bf16_supported() else "This GPU has no bf16: it is slow"
+    elif device.type == "cpu":
+        isa = cpu_bf16_support()
+        bf16 = (
+            f"This CPU has {isa}: bf16 and int8 (bf16 activations) run natively"
+            if isa
+            else "This CPU has no AMX or AVX-512 BF16: bf16 and int8 are emulated, likely slower than default"
+        )
+    else:
+        bf16 = f"bf16 and int8 are untested on {device.type}"
+    return f"How the model runs. {bf16}. The next-token chart always uses default."
+
+
 # The hint under each number field; a message about its value replaces it (in red) until the value is fixed.
 FIELD_HINTS = {
     "temperature": "0 = greedy (always the most likely token); higher = more random",
@@ -58,6 +97,7 @@ FIELD_HINTS = {
     "max_new": f"1 … {MAX_UI_NEW_TOKENS}",
     "samples": f"1 … {MAX_UI_SAMPLES}, generated as one batch",
     "seed": "Same seed → same text. Empty: a new random seed each run.",
+    "mode": mode_hint(CACHE.device),
 }
 PREVIEW_FIELDS = ("temperature", "top_k", "top_p")  # the fields the next-token view reads
 
@@ -138,10 +178,11 @@ def build_config(
     stop: str | None,
     stop_at_eot: bool,
     num_samples: float | None,
+    mode: str | None = "default",
 ) -> SamplingConfig:
     """The SamplingConfig for the form's values (UI conventions: top-k 0 = off, temperature 0 = greedy,
-    empty seed = a fresh random one). Raises ConfigError (a ValueError) whose `field` names the form field
-    (a key of FIELD_HINTS) and whose message is for the user."""
+    empty seed = a fresh random one, no mode = default). Raises ConfigError (a ValueError) whose `field` names
+    the form field (a key of FIELD_HINTS) and whose message is for the user."""
     k = _int(top_k, "top-k", "top_k", 0)
     if k is None or not 0 <= k <= GPT2_VOCAB_SIZE:
         raise ConfigError(f"top-k must be between 0 (off) and {GPT2_VOCAB_SIZE}, got {top_k}", field="top_k")
@@ -161,6 +202,8 @@ def build_config(
     seed_value = _int(seed, "seed", "seed")
     if seed_value is not None and not 0 <= seed_value < 2**63:
         raise ConfigError(f"seed must be 0 or more (or empty for a random one), got {seed}", field="seed")
+    if (mode or "default") not in MODES:
+        raise ConfigError(f"speed mode must be one of {', '.join(MODES)}; got {mode!r}", field="mode")
     cfg = SamplingConfig(
         max_new_tokens=new,
         temperature=t,
@@ -170,6 +213,7 @@ def build_config(
         stop=parse_stop(stop),
         stop_at_eot=bool(stop_at_eot),
         num_samples=min(n, MAX_SAMPLES),
+        mode=mode or "default",
     )
     return cfg.validate()
 
@@ -235,7 +279,7 @@ def run_generation(
     n_prompt = len(prompt_tokens(prompt))
     n = cfg.num_samples
     texts, reasons = [""] * n, [None] * n
-    notes = [f"model `{loaded.name}`", f"seed {cfg.seed}"]
+    notes = [f"model `{loaded.name}`", f"seed {cfg.seed}", f"mode **{cfg.mode}**"]
     if n_prompt > block:
         notes.append(
             f"the prompt ({n_prompt} tokens) is longer than the context window ({block}): the model reads its "
@@ -269,6 +313,9 @@ def run_generation(
             f"{keep} tokens each time"
         )
     notes += config_notes(cfg)
+    failure = decoder_for(loaded.model, cfg.mode).compile_failure if cfg.mode.endswith("compiled") else None
+    if failure:
+        notes.append(f"compiling was not possible here ({failure}): the step ran uncompiled")
     status = ("Stopped · " if stopped else "Done · ") + _speed(count, elapsed, first) + "  \n" + " · ".join(notes)
     yield Output(samples_html(prompt, texts, reasons, running=False), status)
 
@@ -318,7 +365,19 @@ EDIT_SETTLE_S = 0.3
 
 # ----- callbacks: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------------------
 
-GENERATE_INPUTS = ("model", "prompt", "temperature", "top_k", "top_p", "max_new", "seed", "stop_text", "eot", "samples")
+GENERATE_INPUTS = (
+    "model",
+    "prompt",
+    "temperature",
+    "top_k",
+    "top_p",
+    "max_new",
+    "seed",
+    "stop_text",
+    "eot",
+    "samples",
+    "mode",
+)
 GENERATE_OUTPUTS = ("output", "status", *FIELD_HINTS, "model", "model_missing")
 NEXT_TOKEN_INPUTS = ("model", "prompt", *PREVIEW_FIELDS, "position")
 NEXT_TOKEN_OUTPUTS = ("chart", "chart_note", "chips", *PREVIEW_FIELDS)
@@ -351,6 +410,7 @@ def generate_samples(
     stop_text: str | None,
     stop_at_eot: bool,
     samples: float | None,
+    mode: str | None = "default",
     request: gr.Request | None = None,
 ) -> Iterator[dict[Any, Any]]:
     """The Generate button: streams the samples and a status line. A bad value gets its message under its field
@@ -363,7 +423,8 @@ def generate_samples(
     v, notes = fit_sliders(form)
     try:
         cfg = build_config(
-            v["temperature"], v["top_k"], v["top_p"], v["max_new"], v["seed"], stop_text, stop_at_eot, v["samples"]
+            *(v["temperature"], v["top_k"], v["top_p"], v["max_new"], v["seed"], stop_text, stop_at_eot, v["samples"]),
+            mode,
         )
     except ConfigError as e:
         yield {status: f"⚠ {e}: fix the highlighted field, then press Generate.", **_fields(tab, names, e, notes, v)}
@@ -371,16 +432,28 @@ def generate_samples(
     try:
         fields = {**_fields(tab, names, None, notes, v), **refresh_model_choices(tab, ctx, choice)}
         loaded = CACHE.get(ctx.runs_dir, choice)
-        yield {output: EMPTY_SAMPLES, status: "Starting…", **fields}
+        yield {output: EMPTY_SAMPLES, status: _starting(cfg.mode), **fields}
         for shown in run_generation(loaded, text or "", cfg, stop_requested=flag.is_set):
             yield {output: shown.html, status: shown.status}
     except ModelError as e:
         yield {status: f"⚠ {e}", **fields}
     except Exception as e:  # never a stack trace in the browser
-        yield {status: f"⚠ generation failed: {type(e).__name__}: {e}"}
+        yield {status: f"⚠ generation failed: {_one_line(e)}"}
     finally:
         if _STOP_FLAGS.get(session) is flag:
             del _STOP_FLAGS[session]
+
+
+def _starting(mode: str) -> str:
+    if mode.endswith("compiled"):
+        return f"Starting in mode **{mode}**: its first generation compiles the decode step, which can take minutes…"
+    return "Starting…"
+
+
+def _one_line(e: Exception) -> str:
+    """An exception as one line for the status (compiler errors run to many lines)."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}"
 
 
 def stop_generation(tab: Tab, ctx: AppContext, request: gr.Request | None = None) -> None:
@@ -493,6 +566,13 @@ def _layout_generation() -> dict[str, Any]:
             info="Not included in the output.",
         )
         c["eot"] = gr.Checkbox(True, label="Stop at <|endoftext|>", elem_id="sample-eot")
+    c["mode"] = gr.Dropdown(
+        [(MODE_LABELS.get(mode, mode), mode) for mode in MODES],
+        value="default",
+        label="Speed mode",
+        elem_id="sample-mode",
+        info=FIELD_HINTS["mode"],
+    )
     with gr.Row():
         c["generate_btn"] = gr.Button("▶ Generate", variant="primary", elem_id="sample-generate")
         c["stop_btn"] = gr.Button("■ Stop", variant="stop", elem_id="sample-stop")

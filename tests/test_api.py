@@ -4,6 +4,7 @@ core computes itself on the same checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,7 @@ def test_view_api_lists_exactly_the_named_endpoints(client: Client):
         "seed",
         "num_samples",
         "stop",
+        "mode",
     ]
 
 
@@ -115,6 +117,9 @@ def test_generate_streams_what_core_generates_for_the_same_seed(client: Client, 
     assert final == generate(ours, prompt, cfg)
     assert len(streamed) > 1 and streamed[-1] == final
     assert all(text.startswith(before) for early in streamed for text, before in zip(final, early))
+    # A speed mode reaches core.generation: the same text as core in that mode.
+    int8 = client.predict(model, prompt, 0.9, 20, 0.95, 24, 1234, 2, stop, "int8", api_name="/generate")
+    assert int8 == generate(ours, prompt, dataclasses.replace(cfg, mode="int8"))
 
 
 def test_next_token_probs_equal_the_filtered_softmax(client: Client, runs_dir: Path, trained: list[dict]):
@@ -159,6 +164,7 @@ def test_refusals_are_one_line_messages(client: Client):
         (("nope",), "/status", "no run named 'nope'"),
         (("nope", "hi"), "/generate", "'nope'"),
         ((RUN, "hi", 0.5, None, 1.0, 9999), "/generate", "max_new_tokens must be between 1 and 2048"),
+        ((RUN, "hi", 0.5, None, 1.0, 9, None, 1, None, "fp8"), "/generate", "mode must be one of default, compiled"),
         ((RUN, "hi", -1.0), "/next_token_probs", "temperature"),
         ((RUN, ""), "/attention", "text is empty"),
         ((RUN, "xml"), "/export", "format must be one of csv, jsonl"),

@@ -11,7 +11,10 @@ from playwright.sync_api import expect
 
 from core.checkpoint import save_checkpoint
 from core.config import model_config
+from core.generation import SamplingConfig, generate
 from core.model import GPT
+from core.weights import load_weights
+from playground.sampling_tab import DEFAULT_PROMPT
 
 
 @pytest.fixture
@@ -37,6 +40,12 @@ def _set_number(page, selector, value):
     box.press("Enter")
 
 
+def _pick_mode(page, mode):
+    page.locator("#sample-mode input").click()
+    page.get_by_role("option", name=re.compile(f"^{re.escape(mode)} —")).click()
+    expect(page.locator("#sample-mode input")).to_have_value(re.compile(f"^{re.escape(mode)} —"))
+
+
 def _output_text(page):
     return (
         page.locator("#sample-output .completion").first.inner_text()
@@ -58,7 +67,17 @@ def test_sampling_streams_and_stops(app_server, runs_dir, page, screenshot_dir):
     status = page.locator("#sample-status").inner_text()
     assert "tokens/s" in status and "first token after" in status and "seed 1337" in status
     done_text = _output_text(page)
-    assert done_text
+    assert done_text and "mode default" in status
+
+    # The int8 speed mode: the status names it and the text is what core.generation makes in that mode.
+    _pick_mode(page, "int8")
+    page.locator("#sample-generate").click()
+    page.locator("#sample-status", has_text="mode int8").filter(has_text="Done").wait_for()
+    model = load_weights(runs_dir / "micro-run")[0]
+    cfg = SamplingConfig(max_new_tokens=20, temperature=0.8, top_k=50, seed=1337, mode="int8")
+    (expected,) = generate(model, DEFAULT_PROMPT, cfg)
+    assert page.locator("#sample-output .completion").first.text_content() == expected.replace("\r", "\n")
+    _pick_mode(page, "default")
 
     # A long run streams: the text grows between two reads, then Stop ends it for good. Four samples of up
     # to 2048 tokens take far longer than this test waits, even on a fast machine.
