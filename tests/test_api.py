@@ -181,12 +181,14 @@ def test_stop_and_resume_a_run(client: Client, runs_dir: Path, trained: list[dic
     refused = client.predict("api-long", 0, api_name="/stop")  # timeout_s
     assert not refused["ok"] and "Stop timeout must be between 1 and" in refused["message"], refused
     assert client.predict("api-long", api_name="/status")["state"] == "running"
-    assert client.predict("api-long", 60, api_name="/stop")["ok"]
+    stopped = client.predict("api-long", 60, api_name="/stop")
+    assert stopped["ok"], stopped
     wait_for(lambda: client.predict("api-long", api_name="/status")["state"] == "stopped", 120, "the stop", poll=0.5)
     resumed = client.predict("api-long", api_name="/resume")
     assert resumed["ok"], resumed
     assert client.predict("api-long", api_name="/status")["state"] == "running"
-    assert client.predict("api-long", api_name="/stop")["ok"]
+    stopped = client.predict("api-long", api_name="/stop")
+    assert stopped["ok"], stopped
     wait_for(lambda: client.predict("api-long", api_name="/status")["state"] == "stopped", 120, "the second stop")
 
 
