@@ -740,13 +740,15 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
         bind(show_data_fields, tab, ctx), tab["data_source"], [tab["data_path"], tab["hf_row"]], queue=False
     )
     tab["device"].change(bind(show_nproc, tab, ctx), tab["device"], tab["nproc"], queue=False)
-    tab["recipe"].input(
+    picked = tab["recipe"].input(
         bind(pick_recipe, tab, ctx),
         [tab["recipe"], tab["device"]],
         [*fields, tab["recipe_md"], tab["recipe_extra"]],
         queue=False,
         show_progress="hidden",
     )
+    # Fields a recipe leaves at their values fire no change event: preview once the whole fill is in.
+    picked.then(bind(preview_form, tab, ctx), form_in, form_out, queue=False, show_progress="hidden")
     launched = [tab["run_picker"], tab["launched"], tab["init_from"], tab["manage_timer"]]
     tab["launch_btn"].click(bind(launch_run, tab, ctx), form_in, [*form_out, *launched], concurrency_limit=1)
 
