@@ -31,7 +31,8 @@ Records = Sequence[dict[str, Any]]
 # ----- Monitor: loss curves and training health from metrics records -----------------------------------------------
 
 
-def _finite(v: Any) -> bool:
+def finite(v: Any) -> bool:
+    """A real number that is neither NaN nor inf (a bool is not a number here)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -42,7 +43,7 @@ def ema(values: Sequence[float | None], smoothing: float) -> list[float | None]:
     out: list[float | None] = []
     last, n = 0.0, 0
     for v in values:
-        if not _finite(v):
+        if not finite(v):
             out.append(None)
             continue
         last = last * smoothing + (1 - smoothing) * v
@@ -101,13 +102,13 @@ def x_values(records: Records, axis: str, train: Records, t0: float | None) -> l
             out.append(tok)
         return out
     if axis == "time":
-        return [(r["time"] - t0) / 60 if t0 is not None and _finite(r.get("time")) else None for r in records]
+        return [(r["time"] - t0) / 60 if t0 is not None and finite(r.get("time")) else None for r in records]
     raise ValueError(f"x axis must be one of {', '.join(X_AXES)}, got {axis!r}")
 
 
 def _t0(records: Records) -> float | None:
     """The run's first record time (records are in the order they were written)."""
-    return next((r["time"] for r in records if _finite(r.get("time"))), None)
+    return next((r["time"] for r in records if finite(r.get("time"))), None)
 
 
 def _base_layout(fig: go.Figure, x_axis: str, uirevision: str, height: int) -> None:
@@ -135,7 +136,7 @@ def _line(xs: list, ys: list, max_points: int, keep_spikes: bool = True, **kw: A
     """A line trace through at most about max_points of the points (see downsample_indices); a lone point (a run
     that logged one step) is drawn as a marker, as a line through one point is invisible."""
     keep = downsample_indices(len(ys), max_points, ys if keep_spikes else None)
-    mode = "lines+markers" if sum(_finite(ys[j]) for j in keep) == 1 else "lines"
+    mode = "lines+markers" if sum(finite(ys[j]) for j in keep) == 1 else "lines"
     return go.Scatter(x=[xs[j] for j in keep], y=[ys[j] for j in keep], mode=mode, **kw)
 
 
@@ -222,7 +223,7 @@ def loss_figure(
                 )
             )
             drawn = True
-        vals = [r for r in evals if _finite(r.get("val_loss"))]
+        vals = [r for r in evals if finite(r.get("val_loss"))]
         if vals:
             xs = x_values(vals, x_axis, train, t0)
             fig.add_trace(
@@ -257,7 +258,7 @@ def add_references(fig: go.Figure, references: Sequence[Reference], log_y: bool 
     """Each reference as a dashed horizontal line across the x range drawn so far, named in the legend and labelled
     above its right end. Line traces, not shapes, so that a log y axis places them by value like the curves; the
     labels are annotations, whose y a log axis reads as log10 of the value."""
-    xs = [x for trace in fig.data for x in (trace.x or ()) if _finite(x)]
+    xs = [x for trace in fig.data for x in (trace.x or ()) if finite(x)]
     if not xs:
         return
     lo, hi = min(xs), max(xs)
@@ -291,13 +292,17 @@ def hellaswag_lines() -> list[Reference]:
     return [*hellaswag_references(), chance]
 
 
+def _is_hellaswag(record: dict[str, Any]) -> bool:
+    return record.get("kind") == "eval" and finite(record.get("hellaswag_acc_norm"))
+
+
 def _hellaswag_records(records: Records) -> list[dict[str, Any]]:
-    return [r for r in records if r.get("kind") == "eval" and _finite(r.get("hellaswag_acc_norm"))]
+    return [r for r in records if _is_hellaswag(r)]
 
 
 def has_hellaswag(records: Records) -> bool:
     """Whether a run logged HellaSwag in its training loop (eval records with hellaswag_acc_norm)."""
-    return bool(_hellaswag_records(records))
+    return any(_is_hellaswag(r) for r in records)
 
 
 def hellaswag_figure(runs: dict[str, Records], x_axis: str = "step", uirevision: str = "hellaswag") -> go.Figure:
@@ -362,7 +367,7 @@ def health_figure(
         for c, (key, title) in enumerate(panels, start=1):
             ys = [r.get(key) for r in train]
             if key == "mfu":
-                ys = [y * 100 if _finite(y) else None for y in ys]
+                ys = [y * 100 if finite(y) else None for y in ys]
             fig.add_trace(
                 _line(
                     xs,
@@ -387,7 +392,7 @@ def health_figure(
 
 
 def _has(records: Records, key: str) -> bool:
-    return any(r.get("kind") == "train" and _finite(r.get(key)) for r in records)
+    return any(r.get("kind") == "train" and finite(r.get(key)) for r in records)
 
 
 # ----- Sampling: the next-token distribution ----------------------------------------------------------------------

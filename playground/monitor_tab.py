@@ -115,12 +115,7 @@ def _health_check_due(rc: RunCache, changed: int) -> bool:
     otherwise at most every HEALTH_CHECK_EVERY_S."""
     if time.monotonic() - rc.warned_at >= HEALTH_CHECK_EVERY_S:
         return True
-    return any(not _finite_loss(r) for r in rc.records[-changed:] if r.get("kind") == "train")
-
-
-def _finite_loss(record: dict[str, Any]) -> bool:
-    loss = record.get("loss")
-    return isinstance(loss, (int, float)) and math.isfinite(loss)
+    return any(not figures.finite(r.get("loss")) for r in rc.records[-changed:] if r.get("kind") == "train")
 
 
 def read_runs(jobs: Jobs, cache: MonitorCache, names: list[str]) -> tuple[dict[str, list[dict[str, Any]]], int]:
