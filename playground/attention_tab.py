@@ -300,7 +300,10 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
         ).then(None, view, None, js=HIGHLIGHT_JS)  # the outline follows a number moved into range
     tab["kind"].change(bind(redraw_summary, tab, ctx), [tab["key"], tab["kind"]], [tab["summary"], tab["summary_note"]])
     tab["grid"].click(
-        bind(open_clicked_head, tab, ctx), tab["key"], [tab["layer"], tab["head"], tab["average"], tab["heatmap"]]
+        bind(open_clicked_head, tab, ctx),
+        tab["key"],
+        [tab["layer"], tab["head"], tab["average"], tab["heatmap"]],
+        trigger_mode="multiple",  # quick clicks run in turn (see inside_tab): the last one wins, as the browser shows
     )
     wire_model_picker(tab, ctx)
 

@@ -508,14 +508,16 @@ def _wire(tab: Tab, ctx: AppContext, views: dict[str, gr.Tab]) -> None:
     )
     ablation = [tab["model"], tab["text"], tab["heads"], tab["scores"]]
     ablation_out = [tab[n] for n in ("grid", "heads", "ablation_note", "ablation_tokens", "scores")]
-    tab["grid"].click(bind(pick_heads, tab, ctx), None, tab["heads"]).then(
+    # Clicks that carry event data run in turn ("multiple"): the default ("once") drops a click made while the one
+    # before is pending, though the browser already shows it, and "always_last" replays the click without its data.
+    tab["grid"].click(bind(pick_heads, tab, ctx), None, tab["heads"], trigger_mode="multiple").then(
         bind(ablation_update, tab, ctx), ablation, ablation_out, trigger_mode="always_last"
     )
     tab["induction"].click(
         bind(select_induction_heads, tab, ctx), [tab["model"], tab["text"], tab["scores"]], ablation_out
     )
     tab["clear"].click(bind(clear_heads, tab, ctx), [tab["model"], tab["text"], tab["scores"]], ablation_out)
-    tab["tokens"].click(bind(branch_from, tab, ctx), tab["scored"], tab["branch"])
+    tab["tokens"].click(bind(branch_from, tab, ctx), tab["scored"], tab["branch"], trigger_mode="multiple")
     for event in (tab["model_b"].input, tab["compare_run"].click, tab["prompt"].submit):
         event(show, inputs, outputs)
     tab["model_b_refresh"].click(bind(refresh_model_b, tab, ctx), tab["model_b"], tab["model_b"])

@@ -626,7 +626,8 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
     for name in ("temperature", "top_p"):
         tab[name].input(**preview, trigger_mode="always_last", show_progress="hidden")
     tab["top_k"].change(**preview, trigger_mode="always_last", show_progress="hidden")
-    tab["chips"].click(bind(pick_prompt_token, tab, ctx), None, tab["position"]).then(**preview, show_progress="hidden")
+    chips = tab["chips"].click(bind(pick_prompt_token, tab, ctx), None, tab["position"], trigger_mode="multiple")
+    chips.then(**preview, show_progress="hidden")
     # A refreshed model list (⟳, or opening the tab) draws the chart; nothing is loaded on page load, so a
     # person who only trains never pays for a model in memory.
     wire_model_picker(tab, ctx).then(**preview)

@@ -46,3 +46,12 @@ def wait_for(pred: Callable[[], T], timeout: float, what: str, poll: float = 0.1
             return got
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def click_quickly(page, container: str, cells: list[str], gap_ms: int = 20) -> None:
+    """Click the cells (selectors inside the container) gap_ms apart: each next click lands while the server is
+    still answering the one before, as a person's quick clicks do on a loaded machine."""
+    page.locator(container).evaluate(
+        "(g, [cells, gap]) => cells.forEach((s, i) => setTimeout(() => g.querySelector(s).click(), gap * i))",
+        [cells, gap_ms],
+    )

@@ -20,6 +20,7 @@ from core.probe import ablation_effect, compare, logit_lens, token_logprobs
 from core.tokenizer import decode, encode
 from playground.inside_tab import DEFAULT_PROMPT, DEFAULT_TEXT, TOP_ALTERNATIVES, TOP_INDUCTION
 from playground.probe_render import LENS_LABEL, format_perplexity
+from tests.helpers import click_quickly
 
 SLOW_MS = 120_000  # a view on a loaded 2-core machine
 
@@ -152,8 +153,11 @@ def test_lens_ablation_and_compare_show_cores_numbers(app_server, runs_dir, page
     probe = encode(page.locator("#inside-text textarea").input_value())
     page.locator("#inside-ablation-note", has_text=f"{len(probe)} tokens").wait_for(timeout=SLOW_MS)
     model = _weights(runs_dir, "micro-run")
-    page.locator('#inside-heads button[data-layer="0"][data-head="1"]').click()
-    page.locator('#inside-heads button[data-layer="1"][data-head="2"]').click()
+    click_quickly(
+        page,
+        "#inside-heads",
+        ['button.head[data-layer="0"][data-head="1"]', 'button.head[data-layer="1"][data-head="2"]'],
+    )
     note = page.locator("#inside-ablation-note", has_text="2 heads")
     note.wait_for(timeout=SLOW_MS)
     effect = ablation_effect(model, probe, [(0, 1), (1, 2)])

@@ -15,6 +15,7 @@ from core.generation import SamplingConfig, generate
 from core.model import GPT
 from core.weights import load_weights
 from playground.sampling_tab import DEFAULT_PROMPT
+from tests.helpers import click_quickly
 
 
 @pytest.fixture
@@ -125,13 +126,14 @@ def _heatmap_state(page):
     )
 
 
-def _wait_heatmap_change(page, before, timeout=20):
+def _wait_heatmap_change(page, before, timeout=20, title=None):
+    """The heatmap's state once it differs from `before` (and, if given, shows `title`)."""
     deadline = time.monotonic() + timeout
     while True:
         state = _heatmap_state(page)
-        if state and state != before:
+        if state and state != before and title in (None, state["title"]):
             return state
-        assert time.monotonic() < deadline, f"heatmap did not change from {before and before['title']}"
+        assert time.monotonic() < deadline, f"heatmap did not change from {before and before['title']} to {title}"
         time.sleep(0.2)
 
 
@@ -149,9 +151,9 @@ def test_attention_heatmap_follows_layer_and_head(app_server, runs_dir, page, sc
     second = _wait_heatmap_change(page, first)
     assert second["title"] == "Layer 0, head 2" and second["z"] != first["z"]
 
-    page.locator('#attn-grid .cell[data-layer="1"][data-head="3"]').click()  # the overview grid selects too
-    third = _wait_heatmap_change(page, second)
-    assert third["title"] == "Layer 1, head 3"
+    # The overview grid selects too; of two quick clicks the last one wins.
+    click_quickly(page, "#attn-grid", ['.cell[data-layer="0"][data-head="1"]', '.cell[data-layer="1"][data-head="3"]'])
+    third = _wait_heatmap_change(page, second, title="Layer 1, head 3")
     assert page.locator("#attn-layer input[type=number]").input_value() == "1"
     assert page.locator("#attn-head input[type=number]").input_value() == "3"
 
