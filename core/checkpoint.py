@@ -81,13 +81,16 @@ def save_checkpoint(
     step: int,
     model: torch.nn.Module,
     state: dict[str, Any],
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | dict[str, Any] | None = None,
     keep_last: int = 3,
+    *,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ckpt/step-NNNNNN atomically, point ckpt/latest at it and prune old checkpoints.
 
-    state must be JSON-serializable; the model config is added to it. A process killed at any
-    point leaves the previous checkpoint and ckpt/latest intact.
+    state must be JSON-serializable; the model config is added to it. The optimizer may be given as its state
+    dict, and the weights as a clean state dict (both gathered whole from an FSDP model: core.parallel.full_state).
+    A process killed at any point leaves the previous checkpoint and ckpt/latest intact.
     """
     ckpt_root = Path(run_dir) / "ckpt"
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -96,9 +99,9 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}.tmp-"))
     try:
         state = {**state, "step": step, "model_config": unwrap_model(model).config.to_dict()}
-        save_file(clean_state_dict(model), tmp / MODEL_FILE)
+        save_file(clean_state_dict(model) if weights is None else weights, tmp / MODEL_FILE)
         if optimizer is not None:
-            tensors, meta = _flatten_optimizer(optimizer.state_dict())
+            tensors, meta = _flatten_optimizer(optimizer if isinstance(optimizer, dict) else optimizer.state_dict())
             save_file(tensors, tmp / OPTIM_FILE)
             state["optimizer"] = meta
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))

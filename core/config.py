@@ -150,7 +150,7 @@ class TrainConfig:
     compile: bool = False
     init_from: str = "scratch"  # scratch | a checkpoint/run path | a GPT-2 HF folder or hub id
     nproc: int = 1  # processes to launch (DDP through torchrun when > 1)
-    parallel: str = "ddp"  # ddp | fsdp
+    parallel: str = "ddp"  # ddp | fsdp: how torchrun's processes share the model (core/parallel.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def model_config(self) -> ModelConfig:
@@ -275,7 +275,12 @@ class TrainConfig:
             (self.precision in PRECISIONS, "precision", "precision must be auto, fp32, bf16 or fp16"),
             (bool(self.init_from), "init_from", "init_from is empty; give scratch, a run, a checkpoint or a GPT-2"),
             at_least("nproc", 1),
-            (self.parallel == "ddp", "parallel", f"parallel {self.parallel!r} is not available; use ddp"),
+            (self.parallel in ("ddp", "fsdp"), "parallel", f"parallel must be ddp or fsdp, got {self.parallel!r}"),
+            (
+                not (self.parallel == "fsdp" and self.precision == "fp16"),
+                "precision",
+                "FSDP trains in bf16 or fp32 (fp16's loss scaling is not built for sharded gradients); use bf16",
+            ),
         ]
 
     def with_absolute_paths(self, base: str | Path | None = None) -> TrainConfig:

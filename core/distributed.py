@@ -85,6 +85,13 @@ def all_reduce_mean(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return t
 
 
+def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum over ranks, in place (identity when single-process)."""
+    if ctx.is_ddp:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
 def any_rank(flag: bool, ctx: DistContext) -> bool:
     """True on every rank if flag is true on any rank (so all ranks stop at the same step)."""
     if not ctx.is_ddp:

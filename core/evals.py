@@ -42,8 +42,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from core.distributed import DistContext, all_reduce_mean
+from core.distributed import DistContext, all_reduce_sum
 from core.model import unwrap_model
+from core.parallel import is_sharded
 from core.tokenizer import encode
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -210,20 +211,26 @@ def _rendered(model: nn.Module, examples: Sequence[HellaSwagExample]) -> tuple[l
 
 
 def _ending_losses_rendered(
-    model: nn.Module, rendered: list[list[tuple]], length: int, batch_examples: int, progress: Progress | None
+    model: nn.Module,
+    rendered: list[list[tuple]],
+    length: int,
+    batch_examples: int,
+    progress: Progress | None,
+    pad_to: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """pad_to: run the batches of that many examples, the missing ones empty (every FSDP rank the same forwards)."""
     if batch_examples < 1:
         raise EvalError(f"batch_examples must be >= 1, got {batch_examples}")
     n = len(rendered)
     sums = torch.zeros((n, 4), dtype=torch.float64)
     counts = torch.tensor([[r[2] - r[1] for r in rows] for rows in rendered], dtype=torch.float64).reshape(n, 4)
-    per_batch = min(batch_examples, max(n, 1))
+    per_batch = min(batch_examples, max(n, pad_to, 1))
     with _eval_mode(model):
-        for start in range(0, n, per_batch):
+        for start in range(0, max(n, pad_to), per_batch):
             chunk = rendered[start : start + per_batch]
             rows = [row for rows in chunk for row in rows]
             sums[start : start + len(chunk)] = _target_nll(model, rows, 4 * per_batch, length).view(-1, 4)
-            if progress:
+            if progress and chunk:
                 progress(start + len(chunk), n)
     return sums, sums / counts
 
@@ -272,7 +279,8 @@ def evaluate_hellaswag(
     rendered, length = _rendered(model, examples)  # row length from all examples: one shape per call and file
     mine = rendered[rank::world]
     labels = torch.tensor([ex.label for ex in examples[rank::world]], dtype=torch.long)
-    sums, means = _ending_losses_rendered(model, mine, length, batch_examples, progress)
+    pad_to = -(-len(rendered) // world) if is_sharded(model) else 0
+    sums, means = _ending_losses_rendered(model, mine, length, batch_examples, progress, pad_to)
     counts = torch.tensor(
         [len(mine), (sums.argmin(1) == labels).sum().item(), (means.argmin(1) == labels).sum().item()],
         dtype=torch.float64,
@@ -280,7 +288,7 @@ def evaluate_hellaswag(
     )
     if world > 1:
         ctx = DistContext(rank, int(os.environ.get("LOCAL_RANK", rank)), world, counts.device)
-        counts = all_reduce_mean(counts, ctx) * world  # mean * world = sum; float64 keeps counts exact
+        counts = all_reduce_sum(counts, ctx)  # float64 keeps counts exact
     n, correct, correct_norm = (round(v) for v in counts.tolist())
     return HellaSwagResult(n, correct, correct_norm)
 

@@ -4,7 +4,8 @@ Records (see core/metrics.py for the file itself), every one with "kind" and "ti
     status  state=running (step, total_steps, world_size, grad_accum, tokens_per_step, precision, device),
             then state=done (step, total_steps), stopped (step, total_steps, checkpoint, signal)
             or failed (step, message)
-    train   step, total_steps, tokens, loss, lr, grad_norm, dt, tok_per_s, mfu, elapsed, eta_s, mem_mb
+    train   step, total_steps, tokens, loss, lr, grad_norm, dt, tok_per_s, mfu, elapsed, eta_s, mem_mb,
+            mem_mb_ranks (one per rank, under torchrun)
     eval    step, val_loss
     sample  step, text
 Rank 0 writes the records (once the run folder is known), hands each to the trackers of TrainConfig.report_to
@@ -90,6 +91,7 @@ class StepRecord:
     elapsed: float
     eta_s: float
     mem_mb: float
+    mem_mb_ranks: list[float] | None = None  # every rank's mem_mb under torchrun, rank 0 first
 
     def line(self) -> str:
         mfu = f" | mfu {100 * self.mfu:.1f}%" if self.mfu is not None else ""

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from core import distributed as D
+from core import parallel as P
 from core.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -179,6 +180,8 @@ def plan_run(args: argparse.Namespace, ctx: D.DistContext) -> Plan:
     recipe = _recipe_values(args.recipe, ctx) if args.recipe else {}
     base = _config_dict(Path(args.config)) if args.config else {}
     cfg = TrainConfig.from_dict({**recipe, **base, **overrides})
+    if cfg.nproc == 1 < ctx.world_size:  # typed under torchrun: config.json says how many processes trained it
+        cfg.nproc = ctx.world_size
     if not cfg.run_name:
         cfg.run_name = D.broadcast_object(default_run_name(cfg), ctx)
     run_dir = resolve_run_dir(cfg.runs_dir, cfg.run_name)
@@ -297,8 +300,8 @@ def _resume(
     if ck.optimizer_state is None:
         raise ConfigError(f"checkpoint {ck.path} has no optimizer state; use it with --init-from instead")
     try:
-        optimizer.load_state_dict(ck.optimizer_state)
-    except (ValueError, KeyError) as e:
+        P.load_optimizer_state(optimizer, ck.optimizer_state)
+    except (ValueError, KeyError, IndexError) as e:
         raise ConfigError(f"optimizer state in {ck.path} does not fit this model: {e}") from e
     if saved.scaler is not None and scaler.is_enabled():
         scaler.load_state_dict(saved.scaler)
@@ -308,16 +311,6 @@ def _resume(
         torch.manual_seed(fresh.loader.seed + ctx.rank + 1000 * saved.step)
     log(f"resumed from {ck.path} at step {saved.step}")
     return fresh.continued_from(saved)
-
-
-def _wrap(model: GPT, cfg: TrainConfig, ctx: D.DistContext) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(the model compiled when asked, that again in DDP under torchrun)."""
-    compiled = torch.compile(model) if cfg.compile else model
-    if not ctx.is_ddp:
-        return compiled, compiled
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return compiled, DDP(compiled, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
 
 def build_training(plan: Plan, ctx: D.DistContext, log: Log) -> TrainingParts:
@@ -338,7 +331,14 @@ def build_training(plan: Plan, ctx: D.DistContext, log: Log) -> TrainingParts:
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if ctx.is_ddp and cfg.parallel == "fsdp" and precision == "fp16":
+        raise ConfigError(
+            "FSDP trains in bf16 or fp32 (fp16's loss scaling is not built for sharded gradients): add --precision "
+            "fp32, or use --parallel ddp",
+            field="precision",
+        )
     model = model.to(dev)
+    compiled, train_model = P.wrap(model, cfg, ctx)  # before the optimizer: FSDP replaces the parameters
     optimizer, scaler = make_optimizer(model, cfg, dev.type), grad_scaler(precision)
     accum, seq_len = cfg.grad_accum_steps(world), cfg.effective_seq_len
     train_data, val_data = _loaders(cfg, ctx, seq_len, log)
@@ -350,7 +350,6 @@ def build_training(plan: Plan, ctx: D.DistContext, log: Log) -> TrainingParts:
         state = _resume(ck, state, optimizer, scaler, ctx, log)
     else:
         torch.manual_seed(cfg.seed + ctx.rank)  # different dropout masks per rank
-    compiled, train_model = _wrap(model, cfg, ctx)
     total = cfg.total_steps(world)
     peak = peak_flops(dev, precision)
     all_peak = peak * world if peak else None

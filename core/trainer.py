@@ -7,7 +7,6 @@ alone writes checkpoints, metrics and samples, and all ranks agree on when to st
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from core import distributed as D
+from core import parallel as P
 from core.checkpoint import capture_rng_state, save_checkpoint
 from core.config import EOT_TOKEN, TrainConfig
 from core.data import BatchLoader
@@ -256,8 +256,8 @@ class Trainer:
             if self.hellaswag and cadence.hellaswag_due(state.step):
                 result = self.evaluate_hellaswag()
                 self.report.hellaswag(state.step, result.acc, result.acc_norm, result.n)
-            if self.ctx.is_main and cadence.sample_due(state.step):
-                self.report.sampled(state.step, self.sample_text())
+            if cadence.sample_due(state.step) and (self.ctx.is_main or P.is_sharded(self.model)):
+                self.report.sampled(state.step, self.sample_text())  # FSDP: every rank runs the forwards
             stopping = D.any_rank(self.stop.signal is not None, self.ctx)
             self.stop.armed = True  # setup and the first (compiling) step are behind: a stop now saves
             if stopping or cadence.save_due(state.step):
@@ -283,8 +283,7 @@ class Trainer:
         for k in range(accum):
             x, y = self.train_data.batch(state.loader.position + k * ctx.world_size + ctx.rank)
             last = k == accum - 1
-            sync = self.train_model.no_sync() if ctx.is_ddp and not last else contextlib.nullcontext()
-            with sync:
+            with P.gradient_sync(self.train_model, last):
                 with self.autocast:
                     _, loss = self.train_model(x, y)[:2]
                 loss = loss / accum
@@ -300,7 +299,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(state.step)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        norm = P.whole(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         if self.scaler.is_enabled() or self._gradients_finite(norm.item()):  # fp16's scaler skips on its own
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -330,15 +329,19 @@ class Trainer:
         """Mean loss over eval_batches validation batches, shared out among the ranks."""
         ctx, n = self.ctx, self.cfg.eval_batches
         self.compiled.eval()
-        losses = torch.zeros((), device=ctx.device)
-        mine = range(ctx.rank, n, ctx.world_size)  # rank r takes val batches r, r+W, ...
-        for g in mine:
-            x, y = self.val_data.batch(g)
+        # Rank r takes val batches r, r+W, ...; under FSDP a rank with fewer runs a spare one uncounted, because
+        # every rank must take part in every forward.
+        rounds = -(-n // ctx.world_size) if P.is_sharded(self.model) else len(range(ctx.rank, n, ctx.world_size))
+        total = torch.zeros(2, device=ctx.device)  # (summed loss, batches)
+        for g in range(ctx.rank, ctx.rank + rounds * ctx.world_size, ctx.world_size):
+            x, y = self.val_data.batch(g % n)
             with self.autocast:
                 _, loss = self.compiled(x, y)[:2]
-            losses += loss.float()
+            if g < n:
+                total += torch.stack([loss.float(), torch.ones((), device=ctx.device)])
         self.compiled.train()
-        return D.all_reduce_mean(losses / max(1, len(mine)), ctx).item()
+        loss_sum, batches = D.all_reduce_sum(total, ctx).tolist()
+        return loss_sum / batches
 
     def evaluate_hellaswag(self) -> HellaSwagResult:
         """HellaSwag accuracy of the model being trained (compiled, under the training autocast); every rank
@@ -367,10 +370,17 @@ class Trainer:
         state.elapsed = self.pace.elapsed()
         state.loader.epoch = self.train_data.epoch_of(state.loader.position)
         path = None
+        weights, optimizer_state = P.full_state(self.model, self.optimizer)  # FSDP: every rank gathers
         if self.ctx.is_main:
             with saving(self.run_dir, state.step):  # `core.jobs stop` waits for it instead of killing it mid-write
                 path = save_checkpoint(
-                    self.run_dir, state.step, self.model, state.to_dict(), self.optimizer, keep_last=self.cfg.keep_last
+                    self.run_dir,
+                    state.step,
+                    self.model,
+                    state.to_dict(),
+                    optimizer_state,
+                    keep_last=self.cfg.keep_last,
+                    weights=weights,
                 )
             self.report.log(f"saved checkpoint {path}")
         D.barrier(self.ctx)  # no rank runs ahead while rank 0 writes
@@ -392,7 +402,9 @@ class Trainer:
         )
 
     def _step_record(self, loss: float, norm: float, dt: float) -> StepRecord:
-        step, pace = self.state.step, self.pace
+        """(every rank calls it: the ranks' memory is gathered.)"""
+        step, pace, ctx = self.state.step, self.pace, self.ctx
+        mem = memory_mb(ctx.device)
         return StepRecord(
             step=step,
             total_steps=self.cadence.total_steps,
@@ -405,7 +417,8 @@ class Trainer:
             mfu=pace.mfu(dt),
             elapsed=pace.elapsed(),
             eta_s=pace.eta(step),
-            mem_mb=memory_mb(self.ctx.device),
+            mem_mb=mem,
+            mem_mb_ranks=[float(m) for m in D.gather_objects(mem, ctx)] if ctx.is_ddp else None,
         )
 
 

@@ -160,6 +160,9 @@ def status_html(st: JobStatus | Exception | None, warnings: Sequence[str] = ()) 
     state = st.state if st.state in ("running", "stopping", "done", "stopped", "failed") else "unknown"
     label = "starting" if st.state == "running" and st.message == "starting" else st.state
     device = f"{st.device} × {st.nproc}" if st.device and (st.nproc or 1) > 1 else (st.device or "—")
+    if st.parallel and device != "—":
+        device += f" {st.parallel.upper()}"
+    memory = " · ".join(f"{m:,.0f}" for m in st.mem_mb) + " MB" if st.mem_mb else "—"
     stats = [
         _stat("step", f"{step} / {total}"),
         _stat("tokens", human(st.tokens)),
@@ -169,6 +172,7 @@ def status_html(st: JobStatus | Exception | None, warnings: Sequence[str] = ()) 
         _stat("elapsed", duration(st.elapsed)),
         _stat("ETA", duration(st.eta_s) if st.active else "—"),
         _stat("device", device),
+        _stat("memory per rank" if st.mem_mb and len(st.mem_mb) > 1 else "memory", memory),
     ]
     parts = [
         f"<div class='status-card' id='run-status' data-state='{state}'>",

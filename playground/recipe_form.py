@@ -21,7 +21,7 @@ DEVICE_KIND = {"cpu": "cpu", "cpu-ddp": "cpu", "gpu": "cuda", "gpus-ddp": "cuda"
 FORM_SETS = {
     "run_name", "runs_dir", "preset", "data", "data_config", "data_token_budget", "batch_size", "seq_len",
     "total_batch_tokens", "max_steps", "lr", "warmup_steps", "min_lr", "weight_decay", "precision", "compile",
-    "eval_interval", "ckpt_interval", "sample_interval", "seed", "init_from", "device", "nproc",
+    "eval_interval", "ckpt_interval", "sample_interval", "seed", "init_from", "device", "nproc", "parallel",
 }  # fmt: skip
 
 
@@ -46,9 +46,11 @@ def _data_fields(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _device_fields(cfg: TrainConfig, kind: str) -> dict[str, Any]:
+    if cfg.nproc == 1:
+        return {"device": "gpu" if kind == "cuda" else "cpu"}
     if kind == "cuda":
-        return {"device": "gpus-ddp" if cfg.nproc > 1 else "gpu"}
-    return {"device": "cpu-ddp", "nproc": cfg.nproc} if cfg.nproc > 1 else {"device": "cpu"}
+        return {"device": "gpus-ddp", "parallel": cfg.parallel}
+    return {"device": "cpu-ddp", "nproc": cfg.nproc, "parallel": cfg.parallel}
 
 
 def form_values(cfg: TrainConfig, kind: str) -> dict[str, Any]:

@@ -75,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "init_from": "scratch",
     "device": "cpu",
     "nproc": 2,
+    "parallel": "ddp",
     "allow_concurrent": False,
 }
 FIELDS = list(DEFAULTS)
@@ -114,6 +115,8 @@ FIELD_INFOS = {
     "compile": "Faster steps after a slow first one",
     "init_from": "Start from random weights, a run's latest checkpoint, or an imported GPT-2",
     "nproc": "Processes for CPU DDP (gloo)",
+    "parallel": "DDP: a whole copy per process. FSDP: weights, gradients and AdamW state split over the processes, "
+    "for a model one device cannot hold",
     "allow_concurrent": "Launch or resume next to another CPU job (both get slower)",
 }
 PICK_A_RUN_HINT = "Pick a run to stop or resume it."
@@ -279,6 +282,8 @@ def _device_and_nproc(v: dict[str, Any], num: dict[str, Any]) -> tuple[str, int]
         raise ConfigError(f"CPU DDP needs 2 to 64 processes, got {nproc}", field="nproc")
     if device == "cuda" and not gpus:
         raise ConfigError("no CUDA GPU is visible to this machine; choose a CPU option", field="device")
+    if v["parallel"] not in ("ddp", "fsdp"):
+        raise ConfigError(f"parallel must be ddp or fsdp, got {v['parallel']!r}", field="parallel")
     return device, nproc
 
 
@@ -338,6 +343,7 @@ def form_to_config(
         init_from=init_from,
         device=device,
         nproc=nproc,
+        parallel=v["parallel"] if nproc > 1 else "ddp",
     )
     cfg = dataclasses.replace(cfg, **dims)
     return cfg.validate()
@@ -348,7 +354,7 @@ def batch_summary(cfg: TrainConfig) -> str:
     accum = cfg.grad_accum_steps(cfg.nproc)
     seq = cfg.effective_seq_len
     step_tokens = cfg.batch_size * seq * cfg.nproc * accum
-    procs = f" × {cfg.nproc} processes" if cfg.nproc > 1 else ""
+    procs = f" × {cfg.nproc} processes ({cfg.parallel.upper()})" if cfg.nproc > 1 else ""
     total = cfg.total_steps(cfg.nproc) * step_tokens
     return (
         f"**{accum}** accumulation step{'s' if accum > 1 else ''} · {cfg.batch_size} × {seq} tokens{procs} "
@@ -503,7 +509,10 @@ def show_data_fields(tab: Tab, ctx: AppContext, source: str) -> dict[Any, Any]:
 
 
 def show_nproc(tab: Tab, ctx: AppContext, device: str) -> dict[Any, Any]:
-    return {tab["nproc"]: gr.update(visible=device == "cpu-ddp")}
+    return {
+        tab["nproc"]: gr.update(visible=device == "cpu-ddp"),
+        tab["parallel"]: gr.update(visible=device in ("cpu-ddp", "gpus-ddp")),
+    }
 
 
 def launch_run(tab: Tab, ctx: AppContext, *values: Any) -> dict[Any, Any]:
@@ -666,6 +675,14 @@ def _layout_launch(ctx: AppContext) -> dict[str, Any]:
     with gr.Group():
         c["device"] = gr.Radio(device_choices(gpu_count()), value="cpu", label="Device", info=field_info("device"))
         c["nproc"] = gr.Slider(2, 8, value=2, step=1, label="CPU processes", info=field_info("nproc"), visible=False)
+        c["parallel"] = gr.Radio(
+            [("DDP", "ddp"), ("FSDP · sharded", "fsdp")],
+            value="ddp",
+            label="Parallel",
+            info=field_info("parallel"),
+            visible=False,
+            elem_id="train-parallel",
+        )
         c["allow_concurrent"] = gr.Checkbox(
             False, label="Allow alongside another job", info=field_info("allow_concurrent")
         )
@@ -739,7 +756,7 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
     tab["data_source"].change(
         bind(show_data_fields, tab, ctx), tab["data_source"], [tab["data_path"], tab["hf_row"]], queue=False
     )
-    tab["device"].change(bind(show_nproc, tab, ctx), tab["device"], tab["nproc"], queue=False)
+    tab["device"].change(bind(show_nproc, tab, ctx), tab["device"], [tab["nproc"], tab["parallel"]], queue=False)
     picked = tab["recipe"].input(
         bind(pick_recipe, tab, ctx),
         [tab["recipe"], tab["device"]],

@@ -99,7 +99,7 @@ BAD_VALUES = {
     "compile": "no",
     "init_from": "",
     "nproc": 0,
-    "parallel": "fsdp",
+    "parallel": "zero3",
     "extra": [1, 2],
 }
 

@@ -149,7 +149,8 @@ def test_job_layer_config_is_used_and_kept(tmp_path):
         (["--data", "{short}"], "fewer than one batch"),
         (["--data", "{empty}"], "is empty"),
         (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
-        (["--parallel", "fsdp"], "parallel 'fsdp' is not available; use ddp"),
+        (["--parallel", "zero3"], "parallel must be ddp or fsdp, got 'zero3'"),
+        (["--parallel", "fsdp", "--precision", "fp16"], "FSDP trains in bf16 or fp32"),
         (["--log-interval", "0"], "log_interval must be >= 1"),
     ],
 )

@@ -51,7 +51,9 @@ def _print_status(s: JobStatus) -> None:
             line += f"  eta {s.eta_s / 60:.1f} min"
         print(line)
     if s.device:
-        print(f"  device {s.device}" + (f" x{s.nproc}" if s.nproc and s.nproc > 1 else ""))
+        procs = f" x{s.nproc} {s.parallel or 'ddp'}" if s.nproc and s.nproc > 1 else ""
+        memory = f"  memory {' / '.join(f'{m:,.0f}' for m in s.mem_mb)} MB" if s.mem_mb else ""
+        print(f"  device {s.device}{procs}{memory}")
     if s.checkpoint:
         print(f"  checkpoint {s.checkpoint}")
     if s.message:

@@ -322,6 +322,7 @@ class Jobs:
             st.exit_code, st.log_tail = record.get("exit_code"), record.get("log_tail") or ""
         else:
             st.device, st.nproc = config.get("device"), config.get("nproc")
+        st.parallel = config.get("parallel", "ddp") if (st.nproc or 1) > 1 else None
         if decision.settle and record is not None:
             _settle(run_dir, record, st, now)
         if st.state == "failed":

@@ -41,6 +41,8 @@ class JobStatus:
     exit_code: int | None = None
     device: str | None = None
     nproc: int | None = None
+    parallel: str | None = None  # ddp | fsdp, when nproc > 1
+    mem_mb: list[float] | None = None  # each rank's memory at the last logged step (peak GPU memory on CUDA)
     preset: str | None = None
     checkpoint: str | None = None  # newest complete checkpoint folder name
     command: str = ""  # the exact command line that was launched
@@ -137,6 +139,7 @@ class MetricsSummary:
             st.step, st.total_steps, st.tokens = t.get("step"), t.get("total_steps"), t.get("tokens")
             st.loss, st.lr, st.tok_per_s = t.get("loss"), t.get("lr"), t.get("tok_per_s")
             st.eta_s, st.elapsed = t.get("eta_s"), t.get("elapsed")
+            st.mem_mb = t.get("mem_mb_ranks") or ([t["mem_mb"]] if t.get("mem_mb") is not None else None)
         if self.eval:
             st.val_loss = self.eval.get("val_loss")
         s = self.status
