@@ -107,6 +107,16 @@ def test_batch_tokens_error_suggests_a_fix_and_accumulation_is_shown(tmp_path):
     assert "**2** accumulation steps" in summary and "× 2 processes" in summary and "8,192 tokens / step" in summary
 
 
+def test_fsdp_is_offered_with_several_processes_only(tmp_path):
+    cfg = form_to_config(form(device="cpu-ddp", nproc=2, parallel="fsdp"), tmp_path)
+    assert cfg.parallel == "fsdp" and "× 2 processes (FSDP)" in train_tab.batch_summary(cfg)
+    assert "--parallel fsdp" in train_tab.command_preview(cfg, Jobs(tmp_path))
+    assert form_to_config(form(device="cpu", parallel="fsdp"), tmp_path).parallel == "ddp"  # one process: plain
+    with pytest.raises(ConfigError, match="parallel must be ddp or fsdp") as e:
+        form_to_config(form(device="cpu-ddp", nproc=2, parallel="zero"), tmp_path)
+    assert e.value.field == "parallel"
+
+
 def test_local_data_path_is_accepted(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("to be or not to be\n" * 50)
@@ -304,6 +314,12 @@ def test_status_card():
     assert "data-state='failed'" in html and "50 / 200" in html and "width:25.0%" in html
     assert "&lt;boom&gt;" in html and "r&lt;1&gt;" in html and "1m 15s" in html and "2.7000" in html
     assert "No run selected" in monitor_tab.status_html(None)
+    sharded = JobStatus(name="xl", state="running", device="cuda", nproc=2, parallel="fsdp", mem_mb=[20480.4, 20101])
+    html = monitor_tab.status_html(sharded)
+    assert "cuda × 2 FSDP" in html and "memory per rank" in html and "20,480 · 20,101 MB" in html
+    assert "<span>memory</span><b>812 MB</b>" in monitor_tab.status_html(
+        JobStatus(name="a", state="done", mem_mb=[812])
+    )
     assert monitor_tab.last_sample([{"kind": "sample", "step": 9, "text": "hi"}]) == "[step 9]\nhi"
 
 
@@ -422,6 +438,8 @@ def test_train_callbacks_put_errors_next_to_their_field(tmp_path):
     shown = train_tab.show_data_fields(tab, ctx, "hf")
     assert not shown[tab["data_path"]]["visible"] and shown[tab["hf_row"]]["visible"]
     assert train_tab.show_nproc(tab, ctx, "cpu-ddp")[tab["nproc"]]["visible"]
+    assert train_tab.show_nproc(tab, ctx, "gpus-ddp")[tab["parallel"]]["visible"]
+    assert not train_tab.show_nproc(tab, ctx, "cpu")[tab["parallel"]]["visible"]
 
 
 def test_preview_sends_only_what_changed_since_the_last_view(tmp_path):
