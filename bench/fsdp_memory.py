@@ -3,8 +3,9 @@
 Each round trains a few steps under torchrun with each strategy, in ABBA order (ddp fsdp fsdp ddp ...), and reads
 the run's own train records: each rank's memory at every logged step (`mem_mb_ranks`: peak allocated GPU memory on
 CUDA, resident memory on CPU) and tokens/s. It prints the medians over the rounds of the largest per-rank memory and
-of tok/s (after the first step), and FSDP's ratio to DDP. On CPU glibc's malloc tuning is off here
-(PLAYGROUND_MALLOC_TUNING=0), so memory freed by FSDP's resharding goes back to the OS and shows in the RSS.
+of tok/s (after the first step), and FSDP's ratio to DDP. On CPU the RSS must follow the live tensors, so glibc
+serves every block over 1 MB with mmap and returns it on free (MALLOC_MMAP_THRESHOLD_, instead of the trainer's tuning
+in core/cpu_malloc.py, which keeps freed blocks and would report the heap's high-water mark and fragmentation).
 
     python bench/fsdp_memory.py                                       # CPU, 2 gloo processes, 124M, B1 x T64
     python bench/fsdp_memory.py --nproc 8 --preset gpt2-xl --batch-size 4 --seq-len 1024 --precision bf16
@@ -33,7 +34,7 @@ def train(a: argparse.Namespace, parallel: str, runs: Path, name: str) -> tuple[
         "--precision", a.precision, "--parallel", parallel, "--eval-interval", "0", "--ckpt-interval", "0",
         "--sample-interval", "0", "--data-cache", str(runs / "cache"),
     ]  # fmt: skip
-    env = {**os.environ, "PLAYGROUND_MALLOC_TUNING": "0"}
+    env = {**os.environ, "PLAYGROUND_MALLOC_TUNING": "0", "MALLOC_MMAP_THRESHOLD_": str(2**20)}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"{parallel} run failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
