@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     warning = exposure_warning(args, logins)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    from playground.app import build_ui
+    from playground.app import build_ui, warm_up
     from playground.theme import CSS, THEME
 
     access = access_policy(args)
@@ -184,7 +184,10 @@ def main(argv: list[str] | None = None) -> None:
         css=CSS,
         footer_links=["api", "settings"],
         show_error=False,
+        prevent_thread_lock=True,  # to start the warm-up once the server answers
     )
+    warm_up()  # torch, while the page loads: the first click that runs a model does not wait for it
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
-import torch
 from plotly.subplots import make_subplots
 
 from core.attention import AttentionResult, induction_scores, previous_token_scores, token_label
-from core.generation import SamplingConfig, filter_probs
 from core.references import HELLASWAG_CHANCE, Reference, hellaswag_references
+from core.sampling_config import SamplingConfig
 
 X_AXES = {"step": "Step", "tokens": "Tokens", "time": "Wall time (min)"}
 MAX_POINTS = 1500  # per trace; browsers stay smooth and a 100k-step run still shows its spikes
 COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777"]
 FONT = dict(family="Inter, system-ui, sans-serif", size=13, color="#1f2937")
+
+if TYPE_CHECKING:
+    import torch
 
 Records = Sequence[dict[str, Any]]
 
@@ -402,6 +404,10 @@ TOP_BARS = 15  # candidates drawn in the next-token chart
 
 def candidates_figure(logits: torch.Tensor, cfg: SamplingConfig, actual: int | None = None) -> go.Figure:
     """The most likely next tokens: the model's probability (temperature 1) and the one sampled from."""
+    import torch
+
+    from core.generation import filter_probs
+
     raw = logits.softmax(-1)
     final = filter_probs(logits[None], cfg)[0]
     order = torch.argsort(torch.maximum(raw, final), descending=True)[:TOP_BARS].tolist()
