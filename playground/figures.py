@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from core.attention import AttentionResult, induction_scores, previous_token_scores, token_label
 from core.references import HELLASWAG_CHANCE, Reference, hellaswag_references
@@ -350,6 +349,8 @@ def health_figure(
     max_points: int = MAX_POINTS,
 ) -> go.Figure:
     """Learning rate, gradient norm, throughput and MFU (when the trainer knows it) as small panels."""
+    from plotly.subplots import make_subplots  # it imports narwhals: paid on the first chart, not at app start
+
     if not any(_has(recs, "loss") for recs in runs.values()):
         fig = go.Figure()
         _base_layout(fig, x_axis, uirevision, height=120)

@@ -66,7 +66,7 @@ def test_the_page_is_built_served_and_loaded_without_torch(runs):
         from playground.theme import CSS, THEME
 
         demo = build_ui(sys.argv[1])
-        demo.queue(default_concurrency_limit=4).launch(
+        demo.launch(
             server_port=int(sys.argv[2]), theme=THEME, css=CSS, prevent_thread_lock=True, quiet=True
         )
         with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/", timeout=30) as page:
@@ -83,13 +83,14 @@ def test_the_page_is_built_served_and_loaded_without_torch(runs):
                 asyncio.run(demo.process_api(fn, [values.get(b._id) for b in fn.inputs], state))
                 ran.append(fn.name)
         demo.close()
-        print(json.dumps({"status": status, "ran": ran, "heavy": [m for m in sys.argv[3:] if m in sys.modules]}))
+        heavy, limit = [m for m in sys.argv[3:] if m in sys.modules], demo._queue.default_concurrency_limit
+        print(json.dumps({"status": status, "ran": ran, "heavy": heavy, "limit": limit}))
         """,
         str(runs),
         str(_free_port()),
         *HEAVY,
     )
-    assert got["status"] == 200
+    assert got["status"] == 200 and got["limit"] == 4  # app.py's four events at once
     assert {"refresh_run_pickers", "refresh_monitor", "refresh_models", "show_newest_models"} <= set(got["ran"])
     assert got["heavy"] == []
 
