@@ -19,13 +19,13 @@ from core.attention import AttentionResult, induction_scores, previous_token_sco
 from core.references import HELLASWAG_CHANCE, Reference, hellaswag_references
 from core.sampling_config import SamplingConfig
 
+if TYPE_CHECKING:
+    import torch
+
 X_AXES = {"step": "Step", "tokens": "Tokens", "time": "Wall time (min)"}
 MAX_POINTS = 1500  # per trace; browsers stay smooth and a 100k-step run still shows its spikes
 COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777"]
 FONT = dict(family="Inter, system-ui, sans-serif", size=13, color="#1f2937")
-
-if TYPE_CHECKING:
-    import torch
 
 Records = Sequence[dict[str, Any]]
 

@@ -1,7 +1,8 @@
 """The Sampling tab: stream samples from any checkpoint, and see what temperature, top-k and top-p do to the
 next-token distribution. All generation goes through core.generation; this module maps the form to a
 SamplingConfig, lays the tab out and wires its callbacks (the bars are drawn by playground.figures, the samples
-and prompt chips by playground.html_render).
+and prompt chips by playground.html_render). core.generation (torch) is imported inside the callbacks that run the
+model: the page is built before torch is loaded (playground.app).
 """
 
 from __future__ import annotations
@@ -62,9 +63,7 @@ MODE_LABELS = {
     "int8": "int8 — weight-only int8, a quarter of the weight bytes; logits differ by a few hundredths",
     "int8-compiled": "int8-compiled — int8 with the compiled decode step: both trades",
 }
-
-
-MODE_HINT = "How the model runs. The next-token chart always uses default."
+MODE_HINT = "How the model runs. The next-token chart always uses default."  # before the tab is opened (no torch)
 
 
 def mode_hint(device: torch.device) -> str:
