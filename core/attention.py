@@ -1,5 +1,7 @@
 """Attention maps and per-head summaries for the UI (the Attention tab), computed with the model's
 explicit attention path. Training never runs this path; it only serves visualization.
+
+torch is imported inside attention_maps: the UI builds its pages from this module before torch is loaded.
 """
 
 from __future__ import annotations
@@ -7,13 +9,15 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from core.config import EOT_TOKEN
-from core.model import GPT, unwrap_model
 from core.tokenizer import encode, token_str
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_TOKENS = 256  # beyond this a T x T map per head is too big to draw and to read
 
@@ -42,30 +46,35 @@ def token_label(token: int) -> str:
     return s.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍") or "∅"
 
 
-@torch.inference_mode()
 def attention_maps(model: torch.nn.Module, tokens: list[int], max_tokens: int = MAX_TOKENS) -> AttentionResult:
     """Attention probabilities of every layer and head for one sequence.
 
     The first min(max_tokens, block_size) tokens are kept; `truncated` says whether any were cut.
     """
+    import torch
+
+    from core.model import unwrap_model
+
     if not tokens:
         raise ValueError("no tokens to visualize; type some text first")
-    gpt: GPT = unwrap_model(model)
+    gpt = unwrap_model(model)
     cap = max(1, min(max_tokens, gpt.config.block_size))
     kept = list(tokens[:cap])
     device = gpt.transformer.wte.weight.device
-    idx = torch.tensor([kept], dtype=torch.long, device=device)
-    # The model holds no state, so this runs on the same model other threads may be sampling from.
-    attns = gpt(idx, return_attn=True).attentions
-    probs = torch.stack([a[0] for a in attns]).float()  # (L, H, T, T)
-    # Row entropy; 0 * log 0 (the masked future) counts as 0.
-    row_entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)  # (L, H, T)
-    probs_np = probs.cpu().numpy()
+    with torch.inference_mode():
+        idx = torch.tensor([kept], dtype=torch.long, device=device)
+        # The model holds no state, so this runs on the same model other threads may be sampling from.
+        attns = gpt(idx, return_attn=True).attentions
+        probs = torch.stack([a[0] for a in attns]).float()  # (L, H, T, T)
+        # Row entropy; 0 * log 0 (the masked future) counts as 0.
+        row_entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)  # (L, H, T)
+        probs_np = probs.cpu().numpy()
+        entropy = row_entropy.mean(-1).cpu().numpy()
     return AttentionResult(
         tokens=kept,
         labels=[token_label(t) for t in kept],
         probs=probs_np,
-        entropy=row_entropy.mean(-1).cpu().numpy(),
+        entropy=entropy,
         truncated=len(tokens) > cap,
         n_input=len(tokens),
     )

@@ -27,14 +27,11 @@ from safetensors.torch import load_file, save_file
 from core.config import ModelConfig
 from core.files import write_text_atomic
 from core.model import GPT, clean_state_dict, load_clean_state_dict, unwrap_model
-from core.runs import STATE_FILE, list_checkpoints  # torch-free; callers may import them from here
 
-MODEL_FILE = "model.safetensors"
+# torch-free (the UI reads checkpoints before torch is loaded); callers may import them from here
+from core.runs import MODEL_FILE, STATE_FILE, CheckpointError, list_checkpoints, read_state, resolve_checkpoint
+
 OPTIM_FILE = "optimizer.safetensors"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt or does not fit; the message names the file."""
 
 
 @dataclass
@@ -120,16 +117,6 @@ def save_checkpoint(
     return final
 
 
-def read_state(ckpt_dir: str | Path) -> dict[str, Any]:
-    path = Path(ckpt_dir) / STATE_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"checkpoint file missing: {path}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint file {path} is corrupt ({e}); use an older checkpoint") from e
-
-
 def prune_checkpoints(ckpt_root: Path, keep_last: int) -> None:
     """Keep the newest keep_last checkpoints plus the one with the best val loss."""
     ckpts = list_checkpoints(ckpt_root.parent)
@@ -156,32 +143,6 @@ def _try_state(p: Path) -> dict[str, Any] | None:
         return read_state(p)
     except CheckpointError:
         return None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a run folder (its latest), a ckpt/ folder or a checkpoint folder."""
-    p = Path(path)
-    if (p / STATE_FILE).is_file():
-        return p
-    if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p}")
-    if (p / "ckpt").is_dir():
-        root = p / "ckpt"
-    elif p.name == "ckpt":
-        root = p
-    elif (p / "config.json").is_file() or (p / "metrics.jsonl").is_file():  # a run that has not saved yet
-        raise CheckpointError(f"no checkpoint in {p} yet; train for at least one checkpoint interval first")
-    else:  # a checkpoint folder without its state.json, or a folder that holds no run
-        raise CheckpointError(f"{p} is not a checkpoint: {p / STATE_FILE} is missing; pick a run or another checkpoint")
-    latest = root / "latest"
-    if latest.is_file():
-        candidate = root / latest.read_text().strip()
-        if (candidate / STATE_FILE).is_file():
-            return candidate
-    found = list_checkpoints(root.parent)  # latest is missing or stale: the newest complete one
-    if found:
-        return found[-1]
-    raise CheckpointError(f"no checkpoint in {p} yet; train for at least one checkpoint interval first")
 
 
 def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> Checkpoint:

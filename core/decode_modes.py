@@ -26,17 +26,12 @@ import torch.nn.functional as F
 
 from core.model import GPT, CausalSelfAttention, KVCache
 from core.quant import bf16_copy, int8_copy
+from core.sampling_config import MODES as MODES  # torch-free; re-exported: callers may import it from here
+from core.sampling_config import check_mode
 
-MODES = ("default", "compiled", "bf16", "int8", "int8-compiled")
 MIN_STATIC_LEN = 64  # compiled mode: cache lengths are powers of two from here, so few shapes get compiled
 
 log = logging.getLogger(__name__)
-
-
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    return mode
 
 
 def prefill(model: GPT, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import ConfigError
+from core.hf_source import HUB_ID  # the loader's own rule for what a hub id looks like
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -110,8 +111,6 @@ class AccessPolicy:
         are allowed. A hub-like name of a local folder outside is refused rather than read."""
         if not self.exposed:
             return source
-        from core.hf import HUB_ID  # the loader's own rule for what a hub id looks like (torch: imported late)
-
         path = Path(source).expanduser().resolve()
         if self.allows(path) and path.exists():
             return str(path)

@@ -7,7 +7,8 @@
 A recipe is a partial TrainConfig (the fields it sets) plus the fields it picks for the device (the
 micro-batch from the GPU's memory, compile on CUDA, ...); every other field keeps its default. Order of
 precedence: recipe < --config file < command-line flags. `expected_wall_time` estimates how long a config
-trains on a device, for the Train tab and --list-recipes.
+trains on a device, for the Train tab and --list-recipes. torch is imported inside the functions that need it: the
+Train tab lists the recipes while it builds its page, before torch is loaded.
 """
 
 from __future__ import annotations
@@ -20,11 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from core.config import ConfigError, TrainConfig
-from core.precision import PEAK_FLOPS, cpu_bf16_support
-from core.reporting import format_duration
 
 GPU_MFU = 0.40  # assumed for a compiled bf16 GPT-2 on a datacenter GPU (build-nanogpt-style runs reach 0.35-0.5)
 GPU_MFU_EAGER = 0.25  # the same without torch.compile
@@ -58,8 +55,10 @@ class DeviceInfo:
 def detect_device(pref: str = "auto") -> DeviceInfo:
     """The device a run with device=pref would train on, as DeviceInfo (all the GPUs of this machine for cuda)."""
     import psutil
+    import torch
 
     from core.device import gpu_count, pick_device
+    from core.precision import cpu_bf16_support
 
     kind = pick_device(pref).type
     ram = psutil.virtual_memory().total
@@ -201,6 +200,8 @@ def apply_recipe(name: str, overrides: dict[str, Any] | None = None, device: Dev
 
 def _model_size(cfg: TrainConfig) -> tuple[int, float]:
     """(parameters, training FLOPs per token) of the config's model, counted as the trainer counts them."""
+    import torch
+
     from core.model import GPT
 
     with torch.device("meta"):  # the shapes without the memory
@@ -221,6 +222,8 @@ def _cpu_flops_per_core(params: float, bf16: bool) -> float:
 
 
 def _gpu_peak(device: DeviceInfo, precision: str) -> float | None:
+    from core.precision import PEAK_FLOPS
+
     for key, peaks in PEAK_FLOPS:
         if key in device.name:
             return peaks.get(precision)
@@ -251,6 +254,8 @@ def expected_wall_time(cfg: TrainConfig, device: DeviceInfo) -> float | None:
 
 def describe_duration(seconds: float | None) -> str:
     """An expected_wall_time for people: "about 6m57s", "about 6h00m", "about 420 days", "unknown"."""
+    from core.reporting import format_duration
+
     if seconds is None:
         return "unknown"
     return f"about {format_duration(seconds)}" if seconds < 2 * 86400 else f"about {seconds / 86400:,.0f} days"

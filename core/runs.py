@@ -1,16 +1,19 @@
 """Run names and run folders: validation, safe resolution inside the runs folder, unique names,
-listing a run's checkpoints and writing its small files atomically.
+listing a run's checkpoints, finding the one a path names and reading its state.json, and writing its small
+files atomically (the tensors are core.checkpoint's).
 
 Every path built from a user-given run name goes through resolve_run_dir, so a name can never point
 outside the runs folder (no separators, no '..', no absolute paths, no symlink that escapes).
-No torch here: core.jobs (the CLI and the UI's polling) uses this module and stays fast to import.
+No torch here: core.jobs (the CLI and the UI's polling) and the UI's pages use this module and stay fast to import.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from core.config import ConfigError, TrainConfig
 from core.files import write_text_atomic as write_text_atomic  # re-exported: jobs and checkpoints use it from here
@@ -18,6 +21,11 @@ from core.files import write_text_atomic as write_text_atomic  # re-exported: jo
 MAX_RUN_NAME = 64
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 STATE_FILE = "state.json"  # a checkpoint folder is complete once it holds this file
+MODEL_FILE = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt or does not fit; the message names the file."""
 
 
 def validate_run_name(name: str) -> str:
@@ -79,3 +87,39 @@ def checkpoint_step(path: Path) -> int | None:
     """The step of a checkpoint folder named step-N (any number of digits); None for any other name."""
     digits = path.name.removeprefix("step-")
     return int(digits) if path.name.startswith("step-") and digits.isdigit() else None
+
+
+def read_state(ckpt_dir: str | Path) -> dict[str, Any]:
+    path = Path(ckpt_dir) / STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint file missing: {path}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint file {path} is corrupt ({e}); use an older checkpoint") from e
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a run folder (its latest), a ckpt/ folder or a checkpoint folder."""
+    p = Path(path)
+    if (p / STATE_FILE).is_file():
+        return p
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if (p / "ckpt").is_dir():
+        root = p / "ckpt"
+    elif p.name == "ckpt":
+        root = p
+    elif (p / "config.json").is_file() or (p / "metrics.jsonl").is_file():  # a run that has not saved yet
+        raise CheckpointError(f"no checkpoint in {p} yet; train for at least one checkpoint interval first")
+    else:  # a checkpoint folder without its state.json, or a folder that holds no run
+        raise CheckpointError(f"{p} is not a checkpoint: {p / STATE_FILE} is missing; pick a run or another checkpoint")
+    latest = root / "latest"
+    if latest.is_file():
+        candidate = root / latest.read_text().strip()
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    found = list_checkpoints(root.parent)  # latest is missing or stale: the newest complete one
+    if found:
+        return found[-1]
+    raise CheckpointError(f"no checkpoint in {p} yet; train for at least one checkpoint interval first")

@@ -16,7 +16,7 @@ Precedence, first match wins:
    checkpoint yet, a file, an unrelated folder) -- it is never looked up anywhere else.
 2. A run under runs_dir, when one is given: "<run>" or "<run>/ckpt/step-000500", judged as in 1.
 3. A hub id: "name" or "org/name", not starting with '.', '/' or '~', no backslash, and no local folder
-   called org (see core.hf.is_hub_id).
+   called org (see core.hf_source.is_hub_id).
 4. Anything else, e.g. a path that does not exist: WeightsError "no such run or folder: X".
 
 resolve_source only looks at the disk (no network, no weights read); load_weights also loads.
@@ -26,14 +26,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from core.checkpoint import CheckpointError, load_model, resolve_checkpoint
 from core.config import ConfigError
-from core.hf import is_hf_folder, is_hub_id, load_hf_gpt2
-from core.model import GPT
-from core.runs import STATE_FILE
+from core.hf_source import is_hf_folder, is_hub_id
+from core.runs import STATE_FILE, CheckpointError, resolve_checkpoint
+
+if TYPE_CHECKING:
+    import torch
+
+    from core.model import GPT
 
 
 class WeightsError(ConfigError):
@@ -93,6 +95,9 @@ def load_weights(
 
     Raises WeightsError (what spec is), CheckpointError or HFError (weights that cannot be read).
     """
+    from core.checkpoint import load_model  # torch: the UI resolves sources before it is loaded
+    from core.hf import load_hf_gpt2
+
     source = resolve_source(spec, runs_dir)
     if source.kind in ("run", "checkpoint"):
         return load_model(source.path, device)[0], source

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.checkpoint import CheckpointError, list_checkpoints
 from core.config import ConfigError
 from core.jobs import STOP_TIMEOUT_S, DeviceBusy, JobError, Jobs
+from core.runs import CheckpointError, list_checkpoints
 from playground.runs_view import folder_size, megabytes
 
 PICK_A_RUN = "Pick a run first."

@@ -20,17 +20,15 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-import torch
 from gradio.context import get_blocks_context
 
 from core.attention import attention_maps, induction_scores, previous_token_scores
-from core.checkpoint import CheckpointError, read_state, resolve_checkpoint
 from core.config import ConfigError, TrainConfig
 from core.data import BUNDLED, DataError, check_source
-from core.generation import SamplingConfig, filter_probs, prompt_tokens, stream
 from core.jobs import STOP_TIMEOUT_S, JobError
 from core.metrics import export_records
-from core.runs import list_checkpoints
+from core.runs import CheckpointError, list_checkpoints, read_state, resolve_checkpoint
+from core.sampling_config import SamplingConfig
 from core.tokenizer import encode, token_str
 from playground import actions
 from playground.model_cache import CACHE, ModelError
@@ -124,6 +122,8 @@ def generate(
         stop: strings that end a sample; they are not part of the text
         mode: how the model runs: default (fp32), compiled, bf16, int8 or int8-compiled (docs/sampling.md#modes)
     """
+    from core.generation import stream
+
     if not 1 <= max_new_tokens <= MAX_UI_NEW_TOKENS:
         raise ValueError(f"max_new_tokens must be between 1 and {MAX_UI_NEW_TOKENS}, got {max_new_tokens}")
     if not 1 <= num_samples <= MAX_UI_SAMPLES:
@@ -166,6 +166,10 @@ def next_token_probs(
         top_p: keep the most likely tokens up to this much probability; 1 = off
         top_n: how many candidates to return (1 to 100)
     """
+    import torch
+
+    from core.generation import filter_probs, prompt_tokens
+
     if not 1 <= top_n <= MAX_TOP_N:
         raise ValueError(f"top_n must be between 1 and {MAX_TOP_N}, got {top_n}")
     cfg = _sampling_config(temperature, top_k, top_p)

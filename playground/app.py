@@ -1,7 +1,15 @@
-"""The Gradio app: tabs Train, Monitor, Sampling, Attention, Inside, Models over one runs folder, and the named API."""
+"""The Gradio app: tabs Train, Monitor, Sampling, Attention, Inside, Models over one runs folder, and the named API.
+
+The page is built and served without torch (about 1.5 s to import on a small CPU, more than building the page): the
+tabs import the core modules that load it (MODEL_MODULES) inside the callbacks that run a model, and app.py imports
+them in the background once the server answers (warm_up). tests/test_app_start.py holds the tabs to that.
+"""
 
 from __future__ import annotations
 
+import importlib
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +20,8 @@ from core.paths import UNRESTRICTED, AccessPolicy
 from playground import api, attention_tab, inside_tab, models_tab, monitor_tab, sampling_tab, train_tab, url_state
 from playground.tab import AppContext, Tab
 
+# What the tabs import inside their callbacks: the model code, which loads torch, safetensors and the rest.
+MODEL_MODULES = ("core.checkpoint", "core.generation", "core.probe", "core.hf", "core.precision")
 HEADER = """
 # GPT-2 Playground
 Train a GPT-2 from scratch, watch it learn, look inside it and sample from it. Every button runs a command you can also
@@ -70,3 +80,20 @@ def build_ui(runs_dir: str | Path, access: AccessPolicy = UNRESTRICTED) -> gr.Bl
         api.register(ctx)  # the named endpoints of scripts and notebooks (docs/api.md)
     api.hide_ui_events(demo)  # ... and only they show on the API page
     return demo
+
+
+def warm_up() -> threading.Thread:
+    """Import MODEL_MODULES in a background thread, so that the first click that runs a model does not wait for
+    torch. Call it once the server answers: the page is served first."""
+
+    def load() -> None:
+        for name in MODEL_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception as e:  # a broken install: the callback that needs the module says so in the UI
+                print(f"warning: could not load {name} ahead of use ({type(e).__name__}: {e})", file=sys.stderr)
+                return
+
+    thread = threading.Thread(target=load, name="warm-up", daemon=True)
+    thread.start()
+    return thread

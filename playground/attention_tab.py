@@ -22,7 +22,7 @@ from playground.figures import SUMMARIES, head_scores, heatmap_figure, message_f
 from playground.html_render import GRID_CSS, GRID_JS, TOKEN_CHIPS_CSS, grid_html, token_chips_html
 from playground.model_cache import CACHE, ModelError
 from playground.model_picker import layout_model_picker, refresh_model_choices, wire_model_picker
-from playground.tab import AppContext, Tab, bind
+from playground.tab import AppContext, OnOpen, Tab, bind
 
 DEFAULT_TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
@@ -191,6 +191,12 @@ def cleared_maps(tab: Tab) -> dict[Any, Any]:
     }
 
 
+def show_placeholders(tab: Tab, ctx: AppContext, key: str | None) -> Any:
+    """Opening the tab with no result shown: the maps say what to do. They are drawn here, not in the page: the
+    first plotly figure of a process costs about 0.1 s, which app start does not pay."""
+    return gr.skip() if key else {tab["heatmap"]: message_figure(NO_MAPS), tab["summary"]: message_figure("")}
+
+
 def redraw_heatmap(tab: Tab, ctx: AppContext, key: str | None, layer: Any, head: Any, average: bool) -> dict[Any, Any]:
     """Another layer or head (or the average) of the text already computed; a number the model does not have is
     moved to the nearest one, with a note under its slider."""
@@ -267,10 +273,10 @@ def _layout_maps() -> dict[str, Any]:
                     0, 1, value=0, step=1, label="Head", info=INDEX_HINTS["head"], elem_id="attn-head"
                 )
                 c["average"] = gr.Checkbox(False, label="Average over heads", elem_id="attn-average")
-            c["heatmap"] = gr.Plot(message_figure(NO_MAPS), show_label=False, elem_id="attn-heatmap")
+            c["heatmap"] = gr.Plot(show_label=False, elem_id="attn-heatmap")  # see show_placeholders
         with gr.Column(scale=2):
             c["kind"] = gr.Radio(list(SUMMARIES), value=SUMMARIES[0], label="Per-head summary", elem_id="attn-kind")
-            c["summary"] = gr.Plot(message_figure(""), show_label=False, elem_id="attn-summary")
+            c["summary"] = gr.Plot(show_label=False, elem_id="attn-summary")
             c["summary_note"] = gr.Markdown(elem_id="attn-summary-note")
     gr.Markdown("#### All heads — click one to open it (hover for its scores)")
     c["grid"] = gr.HTML(css_template=GRID_CSS, js_on_load=GRID_JS, elem_id="attn-grid")
@@ -306,6 +312,7 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
         trigger_mode="multiple",  # quick clicks run in turn (see inside_tab): the last one wins, as the browser shows
     )
     wire_model_picker(tab, ctx)
+    tab.on_open.append(OnOpen(bind(show_placeholders, tab, ctx), [tab["key"]], [tab["heatmap"], tab["summary"]]))
 
 
 def build(ctx: AppContext) -> Tab:

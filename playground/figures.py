@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
-import torch
-from plotly.subplots import make_subplots
 
 from core.attention import AttentionResult, induction_scores, previous_token_scores, token_label
-from core.generation import SamplingConfig, filter_probs
 from core.references import HELLASWAG_CHANCE, Reference, hellaswag_references
+from core.sampling_config import SamplingConfig
+
+if TYPE_CHECKING:
+    import torch
 
 X_AXES = {"step": "Step", "tokens": "Tokens", "time": "Wall time (min)"}
 MAX_POINTS = 1500  # per trace; browsers stay smooth and a 100k-step run still shows its spikes
@@ -348,6 +349,8 @@ def health_figure(
     max_points: int = MAX_POINTS,
 ) -> go.Figure:
     """Learning rate, gradient norm, throughput and MFU (when the trainer knows it) as small panels."""
+    from plotly.subplots import make_subplots  # it imports narwhals: paid on the first chart, not at app start
+
     if not any(_has(recs, "loss") for recs in runs.values()):
         fig = go.Figure()
         _base_layout(fig, x_axis, uirevision, height=120)
@@ -402,6 +405,10 @@ TOP_BARS = 15  # candidates drawn in the next-token chart
 
 def candidates_figure(logits: torch.Tensor, cfg: SamplingConfig, actual: int | None = None) -> go.Figure:
     """The most likely next tokens: the model's probability (temperature 1) and the one sampled from."""
+    import torch
+
+    from core.generation import filter_probs
+
     raw = logits.softmax(-1)
     final = filter_probs(logits[None], cfg)[0]
     order = torch.argsort(torch.maximum(raw, final), descending=True)[:TOP_BARS].tolist()

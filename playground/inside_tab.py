@@ -3,7 +3,8 @@ attention heads matter (head ablation) and how two checkpoints differ, on one te
 
 The numbers come from core.probe; this module maps the form to its calls, caches each result per (model, tokens,
 view parameters), and hands it to playground.probe_render to draw. Only the view that is open is computed: opening
-a view, ▶ Analyse, Enter in the text box and a new model run the open one.
+a view, ▶ Analyse, Enter in the text box and a new model run the open one. core.probe and core.generation (torch)
+are imported inside the views: the page is built before torch is loaded (playground.app).
 """
 
 from __future__ import annotations
@@ -12,21 +13,23 @@ import dataclasses
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gradio as gr
 import numpy as np
 
 from core.attention import attention_maps, induction_scores, repeated_random_tokens
 from core.config import EOT_TOKEN
-from core.generation import SamplingConfig, generate, prompt_tokens
 from core.lru import LRU
-from core.probe import Comparison, ablation_effect, compare, logit_lens, token_logprobs
+from core.sampling_config import SamplingConfig
 from core.tokenizer import decode, encode
 from playground import probe_render as render
 from playground.model_cache import CACHE, LoadedModel, ModelError, refresh_choices
 from playground.model_picker import layout_model_picker, wire_model_picker
 from playground.tab import AppContext, OnOpen, Tab, bind
+
+if TYPE_CHECKING:
+    from core.probe import Comparison
 
 DEFAULT_TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -107,6 +110,8 @@ def repeat_start(tokens: list[int]) -> int | None:
 # --- views: fn(tab, ctx, *inputs) -> {component: value} ------------------------------------------
 def text_view(tab: Tab, ctx: AppContext, choice: str | None, text: str | None) -> dict[Any, Any]:
     """Every token coloured by its probability, with the alternatives on hover; loss and perplexity."""
+    from core.probe import token_logprobs
+
     try:
         loaded = _load(ctx, choice)
         tokens, note = text_tokens(text, loaded.config.block_size)
@@ -124,6 +129,8 @@ def text_view(tab: Tab, ctx: AppContext, choice: str | None, text: str | None) -
 
 def lens_view(tab: Tab, ctx: AppContext, choice: str | None, text: str | None, start: float | None) -> dict[Any, Any]:
     """The logit lens heatmap of LENS_COLUMNS positions from `start` (the whole text is computed once)."""
+    from core.probe import logit_lens
+
     try:
         loaded = _load(ctx, choice)
         tokens, note = text_tokens(text, loaded.config.block_size)
@@ -172,6 +179,8 @@ def ablation_view(
     tab: Tab, ctx: AppContext, choice: str | None, text: str | None, heads: list | None, scores: dict | None
 ) -> dict[Any, Any]:
     """The head grid of this model with the selected heads, and the per-token loss change without them."""
+    from core.probe import ablation_effect
+
     out: dict[Any, Any] = {}
     try:
         loaded = _load(ctx, choice)
@@ -267,6 +276,8 @@ def sampling_config(
 
 
 def _sample(loaded: LoadedModel, prompt: str, cfg: SamplingConfig) -> str:
+    from core.generation import generate, prompt_tokens
+
     tokens = prompt_tokens(prompt)
     return _cached("sample", loaded, tokens, dataclasses.astuple(cfg), lambda: generate(loaded.model, tokens, cfg)[0])
 
@@ -284,6 +295,8 @@ def compare_view(
     max_new: float | None,
 ) -> dict[Any, Any]:
     """Both checkpoints' samples for the same prompt and settings, and their per-token loss difference on the text."""
+    from core.probe import compare
+
     try:
         a, b = _load(ctx, choice), _load(ctx, choice_b)
         cfg = sampling_config(seed, temperature, top_k, max_new)
@@ -363,6 +376,8 @@ def use_probe(tab: Tab, ctx: AppContext, choice: str | None, seed: int) -> dict[
 
 def generate_text(tab: Tab, ctx: AppContext, choice: str | None, text: str | None) -> dict[Any, Any]:
     """Continue the text (or start from <|endoftext|>) with GENERATE_TOKENS sampled tokens."""
+    from core.generation import generate
+
     try:
         loaded = _load(ctx, choice)
         cfg = SamplingConfig(max_new_tokens=GENERATE_TOKENS, temperature=0.8, top_k=50, seed=secrets.randbelow(2**31))

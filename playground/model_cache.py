@@ -7,18 +7,22 @@ checkpoint folder and the modification time of its weights, so a re-saved checkp
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from core.checkpoint import MODEL_FILE, CheckpointError, list_checkpoints, load_model, read_state
 from core.config import ConfigError, ModelConfig
 from core.device import pick_device
 from core.jobs import JobError, Jobs
 from core.lru import LRU
-from core.model import GPT
+from core.runs import MODEL_FILE, CheckpointError, list_checkpoints, read_state
 from core.weights import WeightsError, resolve_run
+
+if TYPE_CHECKING:
+    import torch
+
+    from core.model import GPT
 
 MAX_MODELS = 3
 
@@ -120,8 +124,15 @@ class ModelCache:
     """At most max_models loaded models; the least recently used one is dropped when a new one loads."""
 
     def __init__(self, max_models: int = MAX_MODELS, device: str | torch.device | None = None) -> None:
-        self.device = torch.device(device) if device else pick_device("auto")
+        self._device = device
         self._models: LRU[tuple[str, int], LoadedModel] = LRU(max_models)
+
+    @functools.cached_property
+    def device(self) -> torch.device:
+        """Where models load: the given device, else pick_device("auto"); asked on first use (it imports torch)."""
+        import torch
+
+        return torch.device(self._device) if self._device else pick_device("auto")
 
     def get(self, runs_dir: str | Path, choice: str | None) -> LoadedModel:
         ckpt = resolve_choice(runs_dir, choice)
@@ -133,6 +144,8 @@ class ModelCache:
         return self._models.get_or_make(key, lambda: self._load(ckpt, key))
 
     def _load(self, ckpt: Path, key: tuple[str, int]) -> LoadedModel:
+        from core.checkpoint import load_model
+
         self._models.discard(lambda k: k[0] == key[0])  # the same checkpoint re-saved: drop the stale weights
         try:
             model, ck = load_model(ckpt, self.device)

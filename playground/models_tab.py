@@ -9,11 +9,10 @@ from typing import Any
 
 import gradio as gr
 
-from core.checkpoint import list_checkpoints, read_state
 from core.config import ConfigError, TrainConfig, model_config
-from core.hf import export_hf, import_to_run
 from core.jobs import Jobs, checkpoint_scores
 from core.paths import UNRESTRICTED, AccessPolicy
+from core.runs import list_checkpoints, read_state
 from playground import actions, eval_action
 from playground.runs_view import folder_size, list_runs, megabytes
 from playground.tab import AppContext, OnOpen, Tab, bind
@@ -85,6 +84,8 @@ def checkpoint_choices(jobs: Jobs) -> list[tuple[str, str]]:
 def import_model(jobs: Jobs, source: str, name: str, access: AccessPolicy = UNRESTRICTED) -> tuple[str, Path | None]:
     """Import Hugging Face GPT-2 weights as a new run; (message, run folder or None). `access` says which folders
     and downloads an exposed app may use."""
+    from core.hf import import_to_run  # torch: the page is built before it is loaded
+
     source, name = (source or "").strip(), (name or "").strip()
     if not source:
         return "⚠ Give a Hugging Face GPT-2 folder or a hub id such as `gpt2`.", None
@@ -102,6 +103,8 @@ def export_checkpoint(jobs: Jobs, ckpt: str | None, out: str | None, access: Acc
     """Export a checkpoint of this runs folder to a new Hugging Face folder. Empty `out`: <run>/hf-<checkpoint>, or
     <exports folder>/<run>-<checkpoint> with --exports-dir; a relative `out` lands in the exports folder (the runs
     folder by default), and an exposed app writes nowhere else."""
+    from core.hf import export_hf  # torch: the page is built before it is loaded
+
     if not ckpt:
         return "⚠ Pick a checkpoint to export."
     ck = Path(ckpt)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 
 from core.attention import token_label
-from core.probe import Comparison, LogitLens, TokenLogprobs
 from core.tokenizer import token_str
+
+if TYPE_CHECKING:
+    from core.probe import Comparison, LogitLens, TokenLogprobs
 
 LOG_MIN = -4  # probabilities below 1e-4 share the darkest colour: random guessing over 50,257 tokens is 2e-5
 LENS_COLUMNS = 24  # positions drawn at once in the logit lens; a slider moves the window

@@ -1,7 +1,8 @@
 """The Sampling tab: stream samples from any checkpoint, and see what temperature, top-k and top-p do to the
 next-token distribution. All generation goes through core.generation; this module maps the form to a
 SamplingConfig, lays the tab out and wires its callbacks (the bars are drawn by playground.figures, the samples
-and prompt chips by playground.html_render).
+and prompt chips by playground.html_render). core.generation (torch) is imported inside the callbacks that run the
+model: the page is built before torch is loaded (playground.app).
 """
 
 from __future__ import annotations
@@ -13,26 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
-import torch
 
 from core.attention import token_label
 from core.config import GPT2_VOCAB_SIZE, ConfigError
-from core.decode_modes import decoder_for
-from core.generation import (
-    MAX_SAMPLES,
-    MODES,
-    SamplingConfig,
-    filter_probs,
-    prefill,
-    prompt_tokens,
-    stream,
-    window_keep,
-)
 from core.lru import LRU
-from core.precision import cpu_bf16_support
+from core.sampling_config import MAX_SAMPLES, MODES, SamplingConfig
 from playground.figures import candidates_figure, message_figure
 from playground.html_render import (
     EMPTY_SAMPLES,
@@ -45,6 +34,9 @@ from playground.html_render import (
 from playground.model_cache import CACHE, LoadedModel, ModelError
 from playground.model_picker import layout_model_picker, refresh_model_choices, wire_model_picker
 from playground.tab import AppContext, OnOpen, Tab, bind
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?\n"
 MAX_UI_SAMPLES = 8
@@ -71,10 +63,15 @@ MODE_LABELS = {
     "int8": "int8 — weight-only int8, a quarter of the weight bytes; logits differ by a few hundredths",
     "int8-compiled": "int8-compiled — int8 with the compiled decode step: both trades",
 }
+MODE_HINT = "How the model runs. The next-token chart always uses default."  # before the tab is opened (no torch)
 
 
 def mode_hint(device: torch.device) -> str:
     """The hint under the mode picker: which modes this device runs well, as core.precision reports it."""
+    import torch
+
+    from core.precision import cpu_bf16_support
+
     if device.type == "cuda":
         bf16 = "This GPU runs bf16 natively" if torch.cuda.is_bf16_supported() else "This GPU has no bf16: it is slow"
     elif device.type == "cpu":
@@ -97,7 +94,7 @@ FIELD_HINTS = {
     "max_new": f"1 … {MAX_UI_NEW_TOKENS}",
     "samples": f"1 … {MAX_UI_SAMPLES}, generated as one batch",
     "seed": "Same seed → same text. Empty: a new random seed each run.",
-    "mode": mode_hint(CACHE.device),
+    "mode": MODE_HINT,  # the device's own line (mode_hint) is added when the tab opens: it needs torch
 }
 PREVIEW_FIELDS = ("temperature", "top_k", "top_p")  # the fields the next-token view reads
 
@@ -234,8 +231,18 @@ def field_states(
         elif name in notes:
             states[name] = gr.update(value=fitted[name], info=f"⚠ {notes[name]}", elem_classes=["field-error"])
         else:
-            states[name] = gr.update(info=FIELD_HINTS[name], elem_classes=[])
+            states[name] = gr.update(info=field_hint(name), elem_classes=[])
     return states
+
+
+def field_hint(name: str) -> str:
+    """The hint under a form field; the mode picker's also says which modes this device runs well."""
+    return mode_hint(CACHE.device) if name == "mode" else FIELD_HINTS[name]
+
+
+def show_mode_hint(tab: Tab, ctx: AppContext) -> dict[Any, Any]:
+    """Opening the tab: the mode picker's hint for this device (the page was built without torch)."""
+    return {tab["mode"]: gr.update(info=field_hint("mode"))}
 
 
 def config_notes(cfg: SamplingConfig) -> list[str]:
@@ -274,6 +281,9 @@ def run_generation(
 
     stop_requested is polled after every token; when it returns True the run ends early (the Stop button).
     """
+    from core.decode_modes import decoder_for
+    from core.generation import prompt_tokens, stream, window_keep
+
     block = loaded.config.block_size
     keep = window_keep(block, cfg.window_keep)
     n_prompt = len(prompt_tokens(prompt))
@@ -327,6 +337,10 @@ _LOGITS: LRU[tuple, torch.Tensor] = LRU(16)  # recent next-token logits: moving 
 
 def next_token_logits(loaded: LoadedModel, tokens: list[int]) -> torch.Tensor:
     """Logits (V,) of the token after `tokens`, from the last block_size of them (what sampling sees)."""
+    import torch
+
+    from core.generation import prefill
+
     window = tokens[-loaded.config.block_size :]
     key = (loaded.key, tuple(window))
     logits = _LOGITS.get(key)
@@ -344,6 +358,8 @@ def _code(token: int) -> str:
 
 def candidates_note(logits: torch.Tensor, cfg: SamplingConfig, tokens: list[int], pos: int, block: int) -> str:
     """What the chart shows: after which token, how many tokens can be sampled, and the token that really follows."""
+    from core.generation import filter_probs
+
     final = filter_probs(logits[None], cfg)[0]
     kept = int((final > 0).sum())
     where = "the end of the prompt" if pos == len(tokens) - 1 else f"token {pos} {_code(tokens[pos])}"
@@ -475,6 +491,8 @@ def show_next_token(
 ) -> dict[Any, Any]:
     """The next-token view: bars, note and prompt chips for the token after position pos (-1 = the last one).
     A bad temperature, top-k or top-p gets its message under its field, and the chart says to fix it."""
+    from core.generation import prompt_tokens
+
     v, notes = fit_sliders(dict(temperature=temperature, top_k=top_k, top_p=top_p))
     try:
         cfg = build_config(v["temperature"], v["top_k"], v["top_p"], 1, 0, "", True, 1)
@@ -631,6 +649,7 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
     # A refreshed model list (⟳, or opening the tab) draws the chart; nothing is loaded on page load, so a
     # person who only trains never pays for a model in memory.
     wire_model_picker(tab, ctx).then(**preview)
+    tab.on_open.append(OnOpen(bind(show_mode_hint, tab, ctx), [], [tab["mode"]]))
     tab.on_open.append(OnOpen(preview["fn"], preview["inputs"], preview["outputs"]))
 
 

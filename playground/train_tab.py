@@ -17,16 +17,15 @@ from typing import Any
 
 import gradio as gr
 
-from core.checkpoint import CheckpointError, read_state
 from core.cli import config_to_flags
 from core.config import PRESETS, ConfigError, ModelConfig, TrainConfig, model_config
 from core.data import BUNDLED, MAX_LISTED_FILES, DataError, check_source, source_files
 from core.device import gpu_count
-from core.hf import HFError, hf_model_config
+from core.hf_source import HFError, hf_model_config
 from core.jobs import DeviceBusy, Jobs, JobStatus, NameTaken
 from core.paths import UNRESTRICTED, AccessPolicy
 from core.recipes import recipe_names
-from core.runs import validate_run_name
+from core.runs import CheckpointError, read_state, validate_run_name
 from core.weights import resolve_source
 from playground import actions
 from playground.recipe_form import NO_RECIPE, recipe_fill

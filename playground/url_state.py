@@ -53,7 +53,7 @@ def open_from_address(
     if run and run in {st.name for st in runs}:
         out[monitor["run"]] = gr.update(choices=run_choices(runs), value=run)
         out[monitor["picked"]] = True  # kept by the Monitor's own load step, as if the user had picked it
-    return out
+    return out or gr.skip()  # Gradio refuses an empty dict for several outputs (a 500 on every plain page load)
 
 
 def wire(demo: gr.Blocks, tabs: gr.Tabs, tab_ids: list[str], monitor: Tab, ctx: AppContext) -> Any:

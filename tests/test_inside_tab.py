@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import core.probe
 from core.attention import attention_maps, induction_scores, repeated_random_tokens, token_label
 from core.checkpoint import load_model, save_checkpoint
 from core.config import model_config
@@ -228,8 +229,7 @@ def test_compare_picker_starts_on_another_checkpoint(ui):
 def test_show_view_runs_the_open_view_and_caches_results(ui, monkeypatch):
     tab, ctx = ui
     calls = []
-    real = inside_tab.logit_lens
-    monkeypatch.setattr(inside_tab, "logit_lens", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(core.probe, "logit_lens", lambda *a: calls.append(1) or logit_lens(*a))
     rest = (0, [], None, OLDER, "", 1, 1.0, 0, 5)
     text = "A text that no other test reads."
     first = show_view(tab, ctx, "lens", LATEST, text, *rest)
@@ -256,7 +256,7 @@ def test_wrong_inputs_give_one_line_messages(ui, runs, monkeypatch):
     message = ablation_view(tab, ctx, "writing/ckpt/step-000005", TEXT, [[0, 0]], None)[tab["ablation_note"]]
     assert message.startswith("⚠ checkpoint file") and "corrupt or truncated" in message and "\n" not in message
     # Anything unexpected is one line with its type, never a stack trace.
-    monkeypatch.setattr(inside_tab, "token_logprobs", lambda *a: 1 / 0)
+    monkeypatch.setattr(core.probe, "token_logprobs", lambda *a: 1 / 0)
     boom = text_view(tab, ctx, LATEST, "Something else entirely.")[tab["text_note"]]
     assert boom == "⚠ Token probabilities failed: ZeroDivisionError: division by zero"
 

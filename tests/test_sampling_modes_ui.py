@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import core.generation
+import core.precision
 from core.checkpoint import save_checkpoint
 from core.config import model_config
 from core.decode_modes import MODES, decoder_for
@@ -79,10 +80,23 @@ def test_the_picker_offers_every_mode_with_what_it_trades(ui):
 
 
 def test_the_hint_says_what_this_machine_does_with_bf16(monkeypatch):
-    monkeypatch.setattr(sampling_tab, "cpu_bf16_support", lambda: None)
+    monkeypatch.setattr(core.precision, "cpu_bf16_support", lambda: None)
     assert "no AMX or AVX-512 BF16" in sampling_tab.mode_hint(torch.device("cpu"))
-    monkeypatch.setattr(sampling_tab, "cpu_bf16_support", lambda: "AMX")
+    monkeypatch.setattr(core.precision, "cpu_bf16_support", lambda: "AMX")
     assert "This CPU has AMX" in sampling_tab.mode_hint(torch.device("cpu"))
+
+
+def test_the_hint_names_this_device_once_the_tab_opens_and_after_a_generation(ui):
+    """The page is built without torch, so the picker's first hint has no device line; opening the tab adds it,
+    and a generation (which resets every field's hint) keeps it."""
+    tab, ctx, _ = ui
+    device_hint = sampling_tab.mode_hint(sampling_tab.CACHE.device)
+    assert tab["mode"].info == sampling_tab.MODE_HINT and device_hint != sampling_tab.MODE_HINT
+    assert device_hint.startswith("How the model runs. ") and device_hint.endswith(" always uses default.")
+    opened = [step for step in tab.on_open if step.outputs == [tab["mode"]]]
+    assert len(opened) == 1 and opened[0].fn()[tab["mode"]]["info"] == device_hint
+    outs = list(sampling_tab.generate_samples(tab, ctx, "micro-run", "Hi", 0.9, 0, 1.0, 2, 1, "", False, 1, "default"))
+    assert outs[0][tab["mode"]]["info"] == device_hint
 
 
 def test_an_unknown_mode_is_a_message_under_the_picker(ui):

@@ -331,6 +331,20 @@ def test_no_result_clears_the_maps_of_the_last_one(attention):
         assert empty["summary_note"] == "" and not empty["summary"].data
 
 
+def test_the_maps_say_what_to_do_once_the_tab_opens_and_until_a_result_shows(attention):
+    """The page is built without the placeholder figures (app start does not pay for plotly's first figure);
+    opening the tab draws them while no result is shown, and leaves a shown result alone."""
+    tab, ctx = attention
+    assert tab["heatmap"].value is None and tab["summary"].value is None
+    (step,) = [s for s in tab.on_open if s.outputs == [tab["heatmap"], tab["summary"]]]
+    assert step.inputs == [tab["key"]]
+    drawn = step.fn(None)
+    assert drawn[tab["heatmap"]].layout.annotations[0].text == attention_tab.NO_MAPS and not drawn[tab["summary"]].data
+    shown = show_callback(attention, "micro-run", "one two", 0, 0, False, "Entropy")
+    key = dict(zip(attention_tab.SHOW_OUTPUTS, shown))["key"]
+    assert key is not None and step.fn(key) == gr.skip()
+
+
 def test_induction_probe_fits_the_context_window(runs, attention):
     tab, ctx = attention
     probe = attention_tab.fill_induction_probe(tab, ctx, "micro-run", 7)
