@@ -22,7 +22,7 @@ from playground.figures import SUMMARIES, head_scores, heatmap_figure, message_f
 from playground.html_render import GRID_CSS, GRID_JS, TOKEN_CHIPS_CSS, grid_html, token_chips_html
 from playground.model_cache import CACHE, ModelError
 from playground.model_picker import layout_model_picker, refresh_model_choices, wire_model_picker
-from playground.tab import AppContext, OnOpen, Tab, bind
+from playground.tab import IN_TURN, AppContext, OnOpen, Tab, bind
 
 DEFAULT_TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
@@ -309,7 +309,7 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
         bind(open_clicked_head, tab, ctx),
         tab["key"],
         [tab["layer"], tab["head"], tab["average"], tab["heatmap"]],
-        trigger_mode="multiple",  # quick clicks run in turn (see inside_tab): the last one wins, as the browser shows
+        **IN_TURN,  # of quick clicks the last one wins, as the browser shows
     )
     wire_model_picker(tab, ctx)
     tab.on_open.append(OnOpen(bind(show_placeholders, tab, ctx), [tab["key"]], [tab["heatmap"], tab["summary"]]))

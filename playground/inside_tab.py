@@ -26,7 +26,7 @@ from core.tokenizer import decode, encode
 from playground import probe_render as render
 from playground.model_cache import CACHE, LoadedModel, ModelError, refresh_choices
 from playground.model_picker import layout_model_picker, wire_model_picker
-from playground.tab import AppContext, OnOpen, Tab, bind
+from playground.tab import IN_TURN, AppContext, OnOpen, Tab, bind
 
 if TYPE_CHECKING:
     from core.probe import Comparison
@@ -523,16 +523,14 @@ def _wire(tab: Tab, ctx: AppContext, views: dict[str, gr.Tab]) -> None:
     )
     ablation = [tab["model"], tab["text"], tab["heads"], tab["scores"]]
     ablation_out = [tab[n] for n in ("grid", "heads", "ablation_note", "ablation_tokens", "scores")]
-    # Clicks that carry event data run in turn ("multiple"): the default ("once") drops a click made while the one
-    # before is pending, though the browser already shows it, and "always_last" replays the click without its data.
-    tab["grid"].click(bind(pick_heads, tab, ctx), None, tab["heads"], trigger_mode="multiple").then(
+    tab["grid"].click(bind(pick_heads, tab, ctx), None, tab["heads"], **IN_TURN).then(
         bind(ablation_update, tab, ctx), ablation, ablation_out, trigger_mode="always_last"
     )
     tab["induction"].click(
         bind(select_induction_heads, tab, ctx), [tab["model"], tab["text"], tab["scores"]], ablation_out
     )
     tab["clear"].click(bind(clear_heads, tab, ctx), [tab["model"], tab["text"], tab["scores"]], ablation_out)
-    tab["tokens"].click(bind(branch_from, tab, ctx), tab["scored"], tab["branch"], trigger_mode="multiple")
+    tab["tokens"].click(bind(branch_from, tab, ctx), tab["scored"], tab["branch"], **IN_TURN)
     for event in (tab["model_b"].input, tab["compare_run"].click, tab["prompt"].submit):
         event(show, inputs, outputs)
     tab["model_b_refresh"].click(bind(refresh_model_b, tab, ctx), tab["model_b"], tab["model_b"])

@@ -33,7 +33,7 @@ from playground.html_render import (
 )
 from playground.model_cache import CACHE, LoadedModel, ModelError
 from playground.model_picker import layout_model_picker, refresh_model_choices, wire_model_picker
-from playground.tab import AppContext, OnOpen, Tab, bind
+from playground.tab import IN_TURN, AppContext, OnOpen, Tab, bind
 
 if TYPE_CHECKING:
     import torch
@@ -644,7 +644,7 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
     for name in ("temperature", "top_p"):
         tab[name].input(**preview, trigger_mode="always_last", show_progress="hidden")
     tab["top_k"].change(**preview, trigger_mode="always_last", show_progress="hidden")
-    chips = tab["chips"].click(bind(pick_prompt_token, tab, ctx), None, tab["position"], trigger_mode="multiple")
+    chips = tab["chips"].click(bind(pick_prompt_token, tab, ctx), None, tab["position"], **IN_TURN)
     chips.then(**preview, show_progress="hidden")
     # A refreshed model list (⟳, or opening the tab) draws the chart; nothing is loaded on page load, so a
     # person who only trains never pays for a model in memory.

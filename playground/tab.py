@@ -22,6 +22,12 @@ import gradio as gr
 from core.jobs import Jobs
 from core.paths import UNRESTRICTED, AccessPolicy
 
+# For clicks whose event data says what was clicked (a head in a grid, a prompt token): each click runs, in the order
+# made, one at a time. Gradio's default ("once") drops a click made while the one before is pending, though the
+# browser already shows it; "always_last" replays a click without its data; and with several running at once the
+# first click's answer can arrive last.
+IN_TURN: dict[str, Any] = {"trigger_mode": "multiple", "concurrency_limit": 1}
+
 
 @dataclass(frozen=True)
 class AppContext:

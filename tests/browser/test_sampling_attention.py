@@ -126,7 +126,7 @@ def _heatmap_state(page):
     )
 
 
-def _wait_heatmap_change(page, before, timeout=20, title=None):
+def _wait_heatmap_change(page, before, timeout=60, title=None):
     """The heatmap's state once it differs from `before` (and, if given, shows `title`)."""
     deadline = time.monotonic() + timeout
     while True:
