@@ -1,17 +1,17 @@
 """How generation runs the model in each sampling mode: the prefill and decode-step forwards, per mode.
 
-- default: the model as loaded (fp32), eager, KV cache sliced to the positions written so far. On CPU the
-  LM head reads a transposed copy of the embedding (core.quant.TransposedHead): the same products, in the
-  layout MKL reads twice as fast for one token.
+- default: the model as loaded (fp32), eager, KV cache sliced to the positions written so far. On CPU it
+  runs as core.cpu_decode lays it out: the same weights and products, the head transposed (one fp32 copy
+  of it), each one-row product split over the threads.
 - compiled: one decode step of fixed shapes, compiled once (gpt-fast's approach): the cache has a fixed
   length, the position is a tensor, and attention reads the whole cache through a mask built from it.
-  torch.compile "reduce-overhead" (CUDA graphs) on GPU, default inductor on CPU (with the default mode's
-  transposed head). If compiling fails, one warning line and the same step runs uncompiled.
+  torch.compile "reduce-overhead" (CUDA graphs) on GPU, default inductor on CPU (on the default mode's
+  CPU layout). If compiling fails, one warning line and the same step runs uncompiled.
 - bf16: a bf16 copy of the weights; activations and the KV cache in bf16 too.
 - int8: a copy with int8 projection and head weights (core.quant); the rest stays fp32.
 - int8-compiled: both: the int8 copy's decode step, compiled.
 
-Converted copies (the transposed head included) and compiled steps are built on first use and kept per
+Converted copies (the CPU layout's head included) and compiled steps are built on first use and kept per
 model (dropped with it), and rebuilt if the model's weights change in place.
 """
 
@@ -26,8 +26,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from core.cpu_decode import cpu_decode_copy
 from core.model import GPT, CausalSelfAttention, KVCache
-from core.quant import bf16_copy, int8_copy, transposed_head_copy
+from core.quant import bf16_copy, int8_copy
 
 MODES = ("default", "compiled", "bf16", "int8", "int8-compiled")
 MIN_STATIC_LEN = 64  # compiled mode: cache lengths are powers of two from here, so few shapes get compiled
@@ -197,7 +198,7 @@ def _weights_key(model: GPT) -> tuple:
 
 class _Built(NamedTuple):
     key: tuple  # _weights_key when built
-    model: GPT | None  # the converted copy (int8, bf16, transposed head); None: the mode runs the model itself
+    model: GPT | None  # the converted copy (int8, bf16, CPU layout); None: the mode runs the model itself
     static: StaticDecodeStep | None
 
 
@@ -224,7 +225,7 @@ def decoder_for(model: GPT, mode: str = "default") -> Decoder:
 def _convert(model: GPT, mode: str) -> Callable[[GPT], GPT] | None:
     """The copy a mode runs instead of model, or None: the model itself."""
     if mode in ("default", "compiled"):
-        return transposed_head_copy if model.transformer.wte.weight.device.type == "cpu" else None
+        return cpu_decode_copy if model.transformer.wte.weight.device.type == "cpu" else None
     return {"bf16": bf16_copy, "int8": int8_copy, "int8-compiled": int8_copy}[mode]
 
 

@@ -1,10 +1,9 @@
-"""Decoding copies of a GPT: with lighter weights, int8 (weight-only, per output channel) and bf16, and in fp32
-with the head laid out for CPU decoding.
+"""Decoding copies of a GPT with lighter weights: int8 (weight-only, per output channel) and bf16.
 
 Decoding one token at a time is memory-bound: every step reads every weight once (about 500 MB for the
 124M model in fp32). Storing the projection and head weights in int8 reads a quarter of that; bf16 half.
-The copies share everything they do not convert with the original model (no second fp32 copy of the
-projections), and never modify it.
+The copies share everything they do not convert with the original model (no second fp32 copy), and never
+modify it.
 """
 
 from __future__ import annotations
@@ -80,38 +79,14 @@ class RefinedHead(nn.Module):
         return logits.scatter(-1, top, exact)
 
 
-class TransposedHead(nn.Module):
-    """The tied LM head, x @ W.T, read from a (n_embd, vocab) copy of the (vocab, n_embd) embedding W.
-
-    For one token the head is a vector-matrix product over 39M weights (124M model). On CPU, MKL runs the
-    product with the embedding's layout as one dot product per row, at about half the memory bandwidth the
-    transposed layout streams at (measured on a 2-core EPYC: 11 vs 6 ms per token). The price is a second
-    fp32 copy of the head (154 MB for 124M), made once per model.
-    """
-
-    def __init__(self, weight: torch.Tensor, vocab_size: int) -> None:
-        super().__init__()
-        self.register_buffer("weight_t", weight.detach()[:vocab_size].t().contiguous())  # padded rows left out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight_t
-
-
-def _shallow_copy(model: GPT) -> GPT:
+def shallow_copy(model: GPT) -> GPT:
     """A copy of the module tree that shares every parameter tensor with model."""
     return copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
 
 
-def transposed_head_copy(model: GPT) -> GPT:
-    """model with its LM head read from a transposed copy (TransposedHead); every parameter shared."""
-    c = _shallow_copy(model)
-    c.lm_head = TransposedHead(model.lm_head.weight, model.config.vocab_size)
-    return c
-
-
 def int8_copy(model: GPT) -> GPT:
     """model with every Conv1D projection and the LM head in int8; embeddings, norms and biases shared."""
-    q = _shallow_copy(model).eval()
+    q = shallow_copy(model).eval()
     for block in q.transformer.h:
         for parent, name in (
             (block.attn, "c_attn"),
