@@ -1,16 +1,18 @@
 """How generation runs the model in each sampling mode: the prefill and decode-step forwards, per mode.
 
-- default: the model as loaded (fp32), eager, KV cache sliced to the positions written so far.
+- default: the model as loaded (fp32), eager, KV cache sliced to the positions written so far. On CPU it
+  runs as core.cpu_decode lays it out: the same weights and products, the head transposed (one fp32 copy
+  of it), each one-row product split over the threads.
 - compiled: one decode step of fixed shapes, compiled once (gpt-fast's approach): the cache has a fixed
   length, the position is a tensor, and attention reads the whole cache through a mask built from it.
-  torch.compile "reduce-overhead" (CUDA graphs) on GPU, default inductor on CPU. If compiling fails,
-  one warning line and the same step runs uncompiled.
+  torch.compile "reduce-overhead" (CUDA graphs) on GPU, default inductor on CPU (on the default mode's
+  CPU layout). If compiling fails, one warning line and the same step runs uncompiled.
 - bf16: a bf16 copy of the weights; activations and the KV cache in bf16 too.
 - int8: a copy with int8 projection and head weights (core.quant); the rest stays fp32.
 - int8-compiled: both: the int8 copy's decode step, compiled.
 
-Converted copies and compiled steps are built on first use and kept per model (dropped with it), and
-rebuilt if the model's weights change in place.
+Converted copies (the CPU layout's head included) and compiled steps are built on first use and kept per
+model (dropped with it), and rebuilt if the model's weights change in place.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from core.cpu_decode import cpu_decode_copy
 from core.model import GPT, CausalSelfAttention, KVCache
 from core.quant import bf16_copy, int8_copy
 from core.sampling_config import MODES as MODES  # torch-free; re-exported: callers may import it from here
@@ -190,7 +193,7 @@ def _weights_key(model: GPT) -> tuple:
 
 class _Built(NamedTuple):
     key: tuple  # _weights_key when built
-    model: GPT | None  # the converted copy (int8, bf16); None: the mode runs the model itself
+    model: GPT | None  # the converted copy (int8, bf16, CPU layout); None: the mode runs the model itself
     static: StaticDecodeStep | None
 
 
@@ -203,7 +206,7 @@ def decoder_for(model: GPT, mode: str = "default") -> Decoder:
     """The Decoder of model in mode. Converted weights (int8, bf16) and the compiled step are built on first
     use and reused while the model's weights stay the same; compiled mode compiles on its first step."""
     check_mode(mode)
-    if mode == "default":
+    if mode == "default" and _convert(model, mode) is None:
         return Decoder(model, mode)
     key = _weights_key(model)
     with _build_lock:
@@ -214,8 +217,15 @@ def decoder_for(model: GPT, mode: str = "default") -> Decoder:
     return Decoder(model if built.model is None else built.model, mode, built.static)
 
 
+def _convert(model: GPT, mode: str) -> Callable[[GPT], GPT] | None:
+    """The copy a mode runs instead of model, or None: the model itself."""
+    if mode in ("default", "compiled"):
+        return cpu_decode_copy if model.transformer.wte.weight.device.type == "cpu" else None
+    return {"bf16": bf16_copy, "int8": int8_copy, "int8-compiled": int8_copy}[mode]
+
+
 def _build(model: GPT, mode: str, key: tuple) -> _Built:
-    convert = {"bf16": bf16_copy, "int8": int8_copy, "int8-compiled": int8_copy}.get(mode)
+    convert = _convert(model, mode)
     converted = convert(model) if convert else None
     static = StaticDecodeStep(converted or model) if mode.endswith("compiled") else None
     return _Built(key, converted, static)

@@ -79,14 +79,14 @@ class RefinedHead(nn.Module):
         return logits.scatter(-1, top, exact)
 
 
-def _shallow_copy(model: GPT) -> GPT:
+def shallow_copy(model: GPT) -> GPT:
     """A copy of the module tree that shares every parameter tensor with model."""
     return copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
 
 
 def int8_copy(model: GPT) -> GPT:
     """model with every Conv1D projection and the LM head in int8; embeddings, norms and biases shared."""
-    q = _shallow_copy(model).eval()
+    q = shallow_copy(model).eval()
     for block in q.transformer.h:
         for parent, name in (
             (block.attn, "c_attn"),

@@ -14,6 +14,7 @@ import torch
 from core import decode_modes
 from core.checkpoint import save_checkpoint
 from core.config import model_config
+from core.cpu_decode import SplitConv1D, TransposedHead
 from core.decode_modes import StaticKVCache, _static_step, compare_with_default, decode_step, decoder_for, prefill
 from core.generation import SamplingConfig, generate, generate_batch, generate_tokens, stream
 from core.model import GPT
@@ -101,10 +102,29 @@ def test_fast_modes_follow_fp32(tiny, mode):
     assert sum(a == b for a, b in zip(free, ref)) >= 0.9 * len(ref)
 
 
-def test_default_mode_is_the_plain_model(tiny):
+def test_default_mode_is_the_fp32_model_in_the_cpu_layout(tiny):
     q = compare_with_default(tiny, "default", PROMPT, 10)
     assert q == (0.0, 1.0, 10)
-    assert decoder_for(tiny).model is tiny
+    d = decoder_for(tiny).model
+    assert [id(p) for p in d.parameters()] == [id(p) for p in tiny.parameters()]  # every weight shared, fp32
+    assert isinstance(d.lm_head, TransposedHead) and isinstance(d.transformer.h[0].mlp.c_fc, SplitConv1D)
+    assert decoder_for(tiny).model is d  # built once
+
+
+def test_default_mode_off_the_cpu_runs_the_model_itself():
+    m = GPT(model_config("micro")).to("meta")  # no MKL there: the model as it is
+    assert decoder_for(m).model is m
+
+
+def test_default_mode_follows_in_place_weight_changes():
+    m = _model("micro")
+    first = decoder_for(m).model
+    with torch.no_grad():
+        m.transformer.wte.weight.mul_(2)  # an optimizer step on the tied embedding, say
+    second = decoder_for(m).model
+    assert second is not first
+    vocab = m.config.vocab_size
+    assert torch.equal(second.lm_head.weight_t[:, :vocab], m.transformer.wte.weight[:vocab].t())
 
 
 def test_decoders_are_reused_until_the_weights_change():
