@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.fsdp import FSDPModule
 
 from core.cpu_decode import cpu_decode_copy
 from core.model import GPT, CausalSelfAttention, KVCache
@@ -220,7 +221,9 @@ def decoder_for(model: GPT, mode: str = "default") -> Decoder:
 def _convert(model: GPT, mode: str) -> Callable[[GPT], GPT] | None:
     """The copy a mode runs instead of model, or None: the model itself."""
     if mode in ("default", "compiled"):
-        return cpu_decode_copy if model.transformer.wte.weight.device.type == "cpu" else None
+        # An FSDP model (core.parallel) holds shards of its weights: only its own forward gathers them.
+        plain = not isinstance(model, FSDPModule)
+        return cpu_decode_copy if plain and model.transformer.wte.weight.device.type == "cpu" else None
     return {"bf16": bf16_copy, "int8": int8_copy, "int8-compiled": int8_copy}[mode]
 
 
