@@ -58,7 +58,7 @@ def parse_stop(text: str | None) -> tuple[str, ...]:
 # What each mode trades, as the dropdown shows it (docs/sampling.md#modes has the measurements).
 MODE_LABELS = {
     "default": "default — fp32 with the KV cache: the reference",
-    "compiled": "compiled — compiles first (minutes on a small CPU); for GPUs (CUDA graphs): slower than default on a CPU",
+    "compiled": "compiled — compiles first (minutes on a small CPU); for GPUs: slower than default on a CPU",
     "bf16": "bf16 — half the weight bytes; can be faster with AMX / AVX-512 BF16 or on a GPU; tiny numeric differences",
     "int8": "int8 — weight-only int8, a quarter of the weight bytes; logits differ by a few hundredths",
     "int8-compiled": "int8-compiled — int8 with the compiled decode step: both trades",
