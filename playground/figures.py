@@ -355,7 +355,7 @@ def health_figure(
         fig = go.Figure()
         _base_layout(fig, x_axis, uirevision, height=120)
         return _empty(fig, "Learning rate, gradient norm and throughput appear with the first steps")
-    panels = [p for p in PANELS if p[0] != "mfu" or any(_has(recs, "mfu") for recs in runs.values())]
+    panels = [p for p in PANELS if p[0] != "mfu" or any(_knows_mfu(recs) for recs in runs.values())]
     cols = len(panels)
     fig = make_subplots(rows=1, cols=cols, subplot_titles=[t for _, t in panels], horizontal_spacing=0.06)
     _base_layout(fig, x_axis, uirevision, height=290)
@@ -395,7 +395,14 @@ def health_figure(
 
 
 def _has(records: Records, key: str) -> bool:
-    return any(r.get("kind") == "train" and finite(r.get(key)) for r in records)
+    """A train record with a finite value of key; newest first, so a live 100k-step run answers at once."""
+    return any(r.get("kind") == "train" and finite(r.get(key)) for r in reversed(records))
+
+
+def _knows_mfu(records: Records) -> bool:
+    """The trainer reports MFU on every step or on none (it knows the device's peak or not): ask the newest."""
+    newest = next((r for r in reversed(records) if r.get("kind") == "train"), {})
+    return finite(newest.get("mfu"))
 
 
 # ----- Sampling: the next-token distribution ----------------------------------------------------------------------
