@@ -279,7 +279,7 @@ class TrainConfig:
             (
                 not (self.parallel == "fsdp" and self.precision == "fp16"),
                 "precision",
-                "FSDP trains in bf16 or fp32 (fp16's loss scaling is not built for sharded gradients); use bf16",
+                f"{FSDP_PRECISIONS}; use bf16",
             ),
         ]
 
@@ -328,6 +328,7 @@ def read_config_json(path: str | Path) -> Any:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FSDP_PRECISIONS = "FSDP trains in bf16 or fp32 (fp16's loss scaling is not built for sharded gradients)"
 _FIELD_TYPES = typing.get_type_hints(TrainConfig)
 
 

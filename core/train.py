@@ -40,7 +40,7 @@ from core.checkpoint import (
     restore_rng_state,
 )
 from core.cli import add_config_arguments, overrides_from_args
-from core.config import ConfigError, ModelConfig, TrainConfig, read_config_json
+from core.config import FSDP_PRECISIONS, ConfigError, ModelConfig, TrainConfig, read_config_json
 from core.cpu_malloc import reexec_with_tuned_malloc
 from core.data import BatchLoader, DataError, prepare_for
 from core.evals import EvalError, HellaSwagExample, load_hellaswag
@@ -332,11 +332,7 @@ def build_training(plan: Plan, ctx: D.DistContext, log: Log) -> TrainingParts:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if ctx.is_ddp and cfg.parallel == "fsdp" and precision == "fp16":
-        raise ConfigError(
-            "FSDP trains in bf16 or fp32 (fp16's loss scaling is not built for sharded gradients): add --precision "
-            "fp32, or use --parallel ddp",
-            field="precision",
-        )
+        raise ConfigError(f"{FSDP_PRECISIONS}: add --precision fp32, or use --parallel ddp", field="precision")
     model = model.to(dev)
     compiled, train_model = P.wrap(model, cfg, ctx)  # before the optimizer: FSDP replaces the parameters
     optimizer, scaler = make_optimizer(model, cfg, dev.type), grad_scaler(precision)
