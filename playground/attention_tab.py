@@ -311,8 +311,10 @@ def _wire(tab: Tab, ctx: AppContext) -> None:
         [tab["layer"], tab["head"], tab["average"], tab["heatmap"]],
         **IN_TURN,  # of quick clicks the last one wins, as the browser shows
     )
-    wire_model_picker(tab, ctx)
+    # The placeholders first, before the model list's refresh: a result shown by a quick click must never be
+    # replaced by them (they skip when a result is shown; the key is read when the step runs).
     tab.on_open.append(OnOpen(bind(show_placeholders, tab, ctx), [tab["key"]], [tab["heatmap"], tab["summary"]]))
+    wire_model_picker(tab, ctx)
 
 
 def build(ctx: AppContext) -> Tab:

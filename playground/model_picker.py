@@ -49,7 +49,7 @@ def mark_model_picked(tab: Tab, ctx: AppContext) -> dict[Any, Any]:
 
 
 def wire_model_picker(tab: Tab, ctx: AppContext) -> Dependency:
-    """Refresh the list on page load, on ⟳ and (as the tab's first on_open step) when the tab is opened; returns
+    """Refresh the list on page load, on ⟳ and (as one of the tab's on_open steps) when the tab is opened; returns
     the ⟳ event, so the tab can chain its own `.then(...)` on it."""
     refresh = bind(refresh_model_choices, tab, ctx)
     inputs, outputs = [tab["model"], tab["model_picked"]], [tab["model"], tab["model_missing"]]

@@ -412,7 +412,8 @@ def test_no_checkpoint_message(tmp_path):
 
 def test_model_picker_lists_the_runs_of_the_apps_jobs(tmp_path):
     tab, ctx = _built(tmp_path, attention_tab)
-    assert tab.on_open[0].fn.__name__ == "refresh_model_choices"  # opening the tab refreshes the list
+    steps = [step.fn.__name__ for step in tab.on_open]  # opening the tab draws the placeholders, refreshes the list
+    assert steps[:2] == ["show_placeholders", "refresh_model_choices"]
     empty = refresh_model_choices(tab, ctx, None)
     assert empty[tab["model"]]["choices"] == [] and empty[tab["model_missing"]]["visible"]
     _save(ctx.runs_dir, "late-run", 3)  # saved while the app runs
@@ -436,7 +437,10 @@ def test_pickers_refresh_on_page_load_but_models_load_only_when_a_tab_opens(tmp_
         return sorted(event for fn in fns if fn.name == name for _, event in fn.targets)
 
     # Each tab's ⟳ and its opening keep what was picked; a page load lists the models there are then.
-    assert events("refresh_model_choices") == ["click"] * 3 + ["select"] * 3  # Sampling, Attention, Inside
+    # Sampling and Inside on their select; Attention right after its placeholders (its first step on select).
+    assert events("refresh_model_choices") == ["click"] * 3 + ["select"] * 2 + ["then"]
+    (placeholders,) = [fn for fn in fns if fn.name == "show_placeholders" and ("select" in dict(fn.targets).values())]
+    assert any(fn.name == "refresh_model_choices" and fn.trigger_after == placeholders._id for fn in fns)
     assert events("show_newest_models") == ["load"] * 3
     # Nothing that loads a model runs on page load, nor after anything that does: the chart waits for the tab.
     after_load = {fn._id for fn in fns if any(event == "load" for _, event in fn.targets)}

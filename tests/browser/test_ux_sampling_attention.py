@@ -57,13 +57,6 @@ def _chip_texts(page):
     return page.locator("#sample-chips .chip").all_inner_texts()
 
 
-def _heatmap_z(page):
-    return page.evaluate(
-        """() => { const p = document.querySelector('#attn-heatmap .js-plotly-plot');
-                   return p && p.data && p.data[0] && p.data[0].z ? p.layout.title.text : null; }"""
-    )
-
-
 # ----- item 1: every number goes through the app's validation, with the message under its field --------------------
 
 
@@ -116,7 +109,10 @@ def test_attention_layer_out_of_range_is_explained_under_the_slider(app_server, 
     _open_tab(page, url, "Attention")
     page.locator("#attn-run").click()
     page.locator("#attn-grid .cell").first.wait_for()
-    assert _heatmap_z(page) == "Layer 0, head 0"
+    page.wait_for_function(  # the heatmap is drawn just after the grid, and no placeholder replaces it
+        "() => document.querySelector('#attn-heatmap .js-plotly-plot')?.data?.[0]?.z &&"
+        " document.querySelector('#attn-heatmap .js-plotly-plot').layout.title.text === 'Layer 0, head 0'"
+    )
 
     _type_number(page, "#attn-layer", 9)  # micro has layers 0 and 1
     expect(_info(page, "#attn-layer")).to_contain_text("no layer 9")
