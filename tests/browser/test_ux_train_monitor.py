@@ -89,6 +89,9 @@ def test_clicking_a_models_row_picks_its_run_and_checkpoint(app_server, page, tm
     page.goto(app_server(runs))
     page.get_by_role("tab", name="Models").click()
     page.locator("#models-table >> text=step-000009 >> visible=true").first.wait_for()
+    # Once the tab has opened (its refresh picks the newest run and says so in the address): a click during the
+    # refresh can still be overwritten by it (a known limit), which is not what this test is about.
+    page.wait_for_url(re.compile(r"run=other-run"))
     page.locator("#models-table >> text=step-000007 >> visible=true").first.click()
     page.wait_for_function("() => document.querySelector('#delete-run input').value === 'picked-run'")
     page.wait_for_function("() => document.querySelector('#export-ckpt input').value === 'picked-run / step-000007'")
