@@ -275,7 +275,7 @@ class TrainConfig:
             (self.precision in PRECISIONS, "precision", "precision must be auto, fp32, bf16 or fp16"),
             (bool(self.init_from), "init_from", "init_from is empty; give scratch, a run, a checkpoint or a GPT-2"),
             at_least("nproc", 1),
-            (self.parallel in ("ddp", "fsdp"), "parallel", f"parallel must be ddp or fsdp, got {self.parallel!r}"),
+            (self.parallel in PARALLEL, "parallel", f"parallel must be ddp or fsdp, got {self.parallel!r}"),
             (
                 not (self.parallel == "fsdp" and self.precision == "fp16"),
                 "precision",
@@ -328,6 +328,7 @@ def read_config_json(path: str | Path) -> Any:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PARALLEL = ("ddp", "fsdp")  # how torchrun's processes share the model (core/parallel.py)
 FSDP_PRECISIONS = "FSDP trains in bf16 or fp32 (fp16's loss scaling is not built for sharded gradients)"
 _FIELD_TYPES = typing.get_type_hints(TrainConfig)
 

@@ -25,10 +25,10 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.distributed.fsdp import FSDPModule
 
 from core.cpu_decode import cpu_decode_copy
 from core.model import GPT, CausalSelfAttention, KVCache
+from core.parallel import is_sharded
 from core.quant import bf16_copy, int8_copy
 from core.sampling_config import MODES as MODES  # torch-free; re-exported: callers may import it from here
 from core.sampling_config import check_mode
@@ -222,7 +222,7 @@ def _convert(model: GPT, mode: str) -> Callable[[GPT], GPT] | None:
     """The copy a mode runs instead of model, or None: the model itself."""
     if mode in ("default", "compiled"):
         # An FSDP model (core.parallel) holds shards of its weights: only its own forward gathers them.
-        plain = not isinstance(model, FSDPModule)
+        plain = not is_sharded(model)
         return cpu_decode_copy if plain and model.transformer.wte.weight.device.type == "cpu" else None
     return {"bf16": bf16_copy, "int8": int8_copy, "int8-compiled": int8_copy}[mode]
 

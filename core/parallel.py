@@ -24,8 +24,6 @@ from core.config import TrainConfig
 from core.distributed import DistContext
 from core.model import GPT, clean_state_dict, unwrap_model
 
-PARALLEL = ("ddp", "fsdp")
-
 
 def wrap(model: GPT, cfg: TrainConfig, ctx: DistContext) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(the model compiled when asked, the module training runs: that again in DDP under torchrun).

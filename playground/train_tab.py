@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 
 from core.cli import config_to_flags
-from core.config import PRESETS, ConfigError, ModelConfig, TrainConfig, model_config
+from core.config import PARALLEL, PRESETS, ConfigError, ModelConfig, TrainConfig, model_config
 from core.data import BUNDLED, MAX_LISTED_FILES, DataError, check_source, source_files
 from core.device import gpu_count
 from core.hf_source import HFError, hf_model_config
@@ -281,7 +281,7 @@ def _device_and_nproc(v: dict[str, Any], num: dict[str, Any]) -> tuple[str, int]
         raise ConfigError(f"CPU DDP needs 2 to 64 processes, got {nproc}", field="nproc")
     if device == "cuda" and not gpus:
         raise ConfigError("no CUDA GPU is visible to this machine; choose a CPU option", field="device")
-    if v["parallel"] not in ("ddp", "fsdp"):
+    if v["parallel"] not in PARALLEL:
         raise ConfigError(f"parallel must be ddp or fsdp, got {v['parallel']!r}", field="parallel")
     return device, nproc
 
